@@ -1,0 +1,27 @@
+# `make run`: create .venv, install, run the default retraining on the bundled data.
+# `make test`: create .venv if needed, install, run the tests.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test install models clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/tunegate retrain
+
+models: $(STAMP)
+	$(BIN)/tunegate models
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) outputs mlflow/mlflow.db mlflow/artifacts data/splits .dvc/cache .dvc/storage

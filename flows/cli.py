@@ -1,0 +1,58 @@
+"""`tunegate`: the command line. Each command wires a flow or a pipeline function; errors a user
+can fix are printed as one message, with a non-zero exit."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pipeline  # noqa: F401  (sets the offline/quiet environment before the libraries load)
+from pipeline import registry
+from pipeline.config import load_config
+from pipeline.errors import TunegateError
+
+KEY_METRICS = ("test_accuracy", "test_f1_macro")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tunegate", description="Audited, versioned, gated fine-tuning.")
+    parser.add_argument("--project-dir", default=".", type=Path, help="folder with params.yaml (default: .)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    retrain = commands.add_parser("retrain", help="audit, split, train, evaluate, register and promote")
+    retrain.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                         help="override a params.yaml value for this run, e.g. -S train.method=full")
+    commands.add_parser("models", help="registered versions with aliases and key metrics")
+    return parser
+
+
+def _models(project_dir: Path) -> str:
+    config = load_config(project_dir)
+    rows = registry.list_versions(config)
+    if not rows:
+        return f"No versions of {config.registry.model_name} registered yet: run `tunegate retrain`."
+    header = ["version", "aliases", "created", *KEY_METRICS, "method", "data_version", "decision"]
+    table = [header] + [[row.version, ",".join(row.aliases) or "-", row.created,
+                         *(f"{row.metrics[m]:.4f}" if m in row.metrics else "-" for m in KEY_METRICS),
+                         row.tags.get("method", "-"), row.tags.get("data_version", "-")[:12],
+                         row.tags.get("promotion_reason", "-")] for row in rows]
+    widths = [max(len(str(r[i])) for r in table) for i in range(len(header))]
+    return "\n".join("  ".join(str(cell).ljust(w) for cell, w in zip(r, widths)).rstrip() for r in table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "retrain":
+            from flows.retrain import retrain
+
+            print(retrain(str(args.project_dir), args.overrides))
+        elif args.command == "models":
+            print(_models(args.project_dir))
+    except TunegateError as exc:
+        print(f"tunegate: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""The retraining flow: audit → split → train → evaluate → register → promote.
+
+Each task is a thin call into `pipeline/`; a failed task fails the flow, so nothing after it
+(registration, promotion) runs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from pipeline import audit, gates, registry
+from pipeline.config import Config, load_config
+from pipeline.evaluation import evaluate_model
+from pipeline.lineage import git_commit
+from pipeline.split import read_split, split_paths
+from pipeline.training import TrainResult, train_model
+from pipeline.versioning import DataVersion, reproduce_splits
+
+
+@dataclass(frozen=True)
+class RetrainSummary:
+    data_version: str
+    metrics: dict[str, float]
+    model_name: str
+    version: str
+    alias: str
+    reason: str
+
+    def __str__(self) -> str:
+        lines = [f"data version   {self.data_version}"]
+        lines += [f"{name:<14} {value:.4f}" for name, value in sorted(self.metrics.items())]
+        lines += [f"registered     {self.model_name} version {self.version}",
+                  f"decision       {self.alias}: {self.reason}"]
+        return "\n".join(lines)
+
+
+@task(name="audit", cache_policy=NO_CACHE)
+def audit_task(config: Config) -> audit.AuditReport:
+    report = audit.audit_raw_data(config)
+    get_run_logger().info("audit passed: %s", report.summary)
+    return report
+
+
+@task(name="split", cache_policy=NO_CACHE)
+def split_task(config: Config) -> DataVersion:
+    version = reproduce_splits(config.project_dir)
+    get_run_logger().info("data version %s", version.version)
+    return version
+
+
+@task(name="train", cache_policy=NO_CACHE)
+def train_task(config: Config, data_version: DataVersion) -> TrainResult:
+    paths = split_paths(config)
+    output_dir = config.path(config.train.output_dir) / f"{data_version.version[:12]}-{config.params_hash()}"
+    return train_model(config, read_split(paths.train), read_split(paths.validation), output_dir)
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate_task(config: Config, trained: TrainResult) -> dict[str, float]:
+    return evaluate_model(config, trained.model_dir, read_split(split_paths(config).test))
+
+
+@task(name="register", cache_policy=NO_CACHE)
+def register_task(config: Config, data_version: DataVersion, trained: TrainResult,
+                  metrics: dict[str, float], report: audit.AuditReport) -> registry.RegisteredVersion:
+    tags = {"git_commit": git_commit(config.project_dir), "params_hash": config.params_hash(),
+            "base_model": config.model.base, "method": config.train.method, "audit": "passed",
+            **data_version.as_tags()}
+    candidate = registry.Candidate(model_dir=trained.model_dir, params=config.as_dict(),
+                                   metrics={**trained.as_metrics(), **metrics}, tags=tags,
+                                   artifacts=[report.path])
+    return registry.register_candidate(config, candidate)
+
+
+@task(name="promote", cache_policy=NO_CACHE)
+def promote_task(config: Config, version: registry.RegisteredVersion) -> tuple[str, str]:
+    current = registry.champion(config)
+    decision = gates.decide(version.metrics, current.metrics if current else None, config.gates)
+    alias = registry.record_promotion(config, version, decision.promote, decision.summary)
+    return alias, decision.summary
+
+
+@flow(name="retrain", log_prints=True)
+def retrain(project_dir: str = ".", overrides: list[str] | None = None) -> RetrainSummary:
+    config = load_config(Path(project_dir), overrides or [])
+    report = audit_task(config)
+    data_version = split_task(config)
+    trained = train_task(config, data_version)
+    metrics = evaluate_task(config, trained)
+    version = register_task(config, data_version, trained, metrics, report)
+    alias, reason = promote_task(config, version)
+    return RetrainSummary(data_version.version, metrics, version.name, version.version, alias, reason)

@@ -1,0 +1,250 @@
+"""params.yaml -> frozen dataclasses, with `-S section.key=value` overrides.
+
+Every value is checked against its field's type when loaded, so a bad value fails
+before any work starts, with the key that is wrong and what it should be.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from pipeline.errors import ConfigError
+
+PARAMS_FILE = "params.yaml"
+METHODS = ("full", "lora")
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train: str
+    validation: str | None
+    test: str | None
+    text_column: str
+    label_column: str
+    labels: dict[int, str]
+
+    @property
+    def label_values(self) -> list[int]:
+        return sorted(self.labels)
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    seed: int
+    validation_fraction: float
+    test_fraction: float
+    max_train_rows: int | None
+    out_dir: str
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    report_dir: str
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    base: str
+    max_length: int
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    r: int
+    alpha: int
+    dropout: float
+    target_modules: list[str]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    method: str
+    seed: int
+    epochs: float
+    batch_size: int
+    eval_batch_size: int
+    learning_rate: float
+    weight_decay: float
+    warmup_ratio: float
+    precision: str
+    output_dir: str
+    lora: LoraConfig
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    metrics: list[str]
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class GatesConfig:
+    min_accuracy: float
+    champion_tolerance: float
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    tracking_uri: str
+    artifact_location: str
+    experiment: str
+    model_name: str
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig
+    split: SplitConfig
+    audit: AuditConfig
+    model: ModelConfig
+    train: TrainConfig
+    evaluate: EvaluateConfig
+    gates: GatesConfig
+    registry: RegistryConfig
+    # The folder holding params.yaml; relative paths in the config resolve against it.
+    project_dir: Path = field(default=Path("."), compare=False)
+
+    def path(self, relative: str) -> Path:
+        return (self.project_dir / relative).resolve()
+
+    def as_dict(self) -> dict[str, Any]:
+        raw = dataclasses.asdict(self)
+        raw.pop("project_dir")
+        return raw
+
+    def params_hash(self) -> str:
+        """A short, stable hash of every parameter: equal hashes, equal configuration."""
+        canonical = json.dumps(self.as_dict(), sort_keys=True, default=str)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+# Sections that decide the data splits: DVC versions them from params.yaml itself,
+# so a one-run override would make the recorded data version a lie.
+DVC_VERSIONED_SECTIONS = ("data", "split")
+
+
+def load_config(project_dir: str | Path = ".", overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read `params.yaml` in project_dir and apply `section.key=value` overrides."""
+    project_dir = Path(project_dir).resolve()
+    params_path = project_dir / PARAMS_FILE
+    if not params_path.is_file():
+        raise ConfigError(f"No {PARAMS_FILE} in {project_dir}: run tunegate from the project folder or pass --project-dir.")
+    try:
+        raw = yaml.safe_load(params_path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{params_path} is not valid YAML: {exc}") from exc
+    for override in overrides:
+        apply_override(raw, override)
+    config = _build(Config, {**raw, "project_dir": project_dir}, "")
+    _validate(config)
+    return config
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """Set one `a.b.c=value` in the raw mapping; the value is parsed as YAML (`2`, `1e-4`, `[a, b]`)."""
+    key, sep, value = override.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"Override {override!r} is not of the form section.key=value, e.g. train.epochs=2.")
+    parts = key.strip().split(".")
+    if parts[0] in DVC_VERSIONED_SECTIONS:
+        raise ConfigError(
+            f"Override {key!r}: the {parts[0]!r} section decides the DVC-versioned splits; "
+            f"edit it in {PARAMS_FILE} so that dvc.lock records it."
+        )
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        if not isinstance(node.get(part), dict):
+            raise ConfigError(f"Override {key!r}: {'.'.join(parts[: i + 1])!r} is not a section of {PARAMS_FILE}.")
+        node = node[part]
+    if parts[-1] not in node:
+        known = ", ".join(sorted(node)) or "none"
+        raise ConfigError(f"Override {key!r}: unknown key {parts[-1]!r}; known keys here: {known}.")
+    try:
+        node[parts[-1]] = yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"Override {override!r}: the value is not valid YAML ({exc}).") from exc
+
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where or PARAMS_FILE} must be a mapping, got {raw!r}.")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(f"Unknown key(s) {', '.join(_join(where, u) for u in unknown)} in {PARAMS_FILE}; "
+                          f"known: {', '.join(fields)}.")
+    values = {}
+    for name, spec in fields.items():
+        key = _join(where, name)
+        if name not in raw:
+            if spec.default is not dataclasses.MISSING:
+                continue
+            raise ConfigError(f"Missing key {key!r} in {PARAMS_FILE}.")
+        values[name] = _coerce(hints[name], raw[name], key)
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key)
+    if origin in (types.UnionType, typing.Union):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(inner, value, key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be a list, got {value!r}.")
+        return [_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict) or not value:
+            raise ConfigError(f"{key} must be a non-empty mapping, got {value!r}.")
+        return {_coerce(args[0], k, f"{key} key"): _coerce(args[1], v, f"{key}.{k}") for k, v in value.items()}
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key} must be one of {', '.join(map(str, args))}, got {value!r}.")
+        return value
+    if hint is Path:
+        return Path(value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool) and (type(value) is not hint):
+        raise ConfigError(f"{key} must be {hint.__name__}, got {value!r} ({type(value).__name__}).")
+    return value
+
+
+def _join(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
+
+
+def _validate(config: Config) -> None:
+    checks = [
+        (config.train.method in METHODS, f"train.method must be one of {', '.join(METHODS)}, got {config.train.method!r}."),
+        (config.train.precision in PRECISIONS, f"train.precision must be one of {', '.join(PRECISIONS)}, got {config.train.precision!r}."),
+        (config.train.epochs > 0, f"train.epochs must be positive, got {config.train.epochs}."),
+        (config.train.batch_size > 0, f"train.batch_size must be positive, got {config.train.batch_size}."),
+        (config.train.learning_rate > 0, f"train.learning_rate must be positive, got {config.train.learning_rate}."),
+        (0 <= config.train.warmup_ratio < 1, f"train.warmup_ratio must be in [0, 1), got {config.train.warmup_ratio}."),
+        (0 < config.split.validation_fraction < 1, f"split.validation_fraction must be in (0, 1), got {config.split.validation_fraction}."),
+        (0 < config.split.test_fraction < 1, f"split.test_fraction must be in (0, 1), got {config.split.test_fraction}."),
+        (config.split.max_train_rows is None or config.split.max_train_rows > 0,
+         f"split.max_train_rows must be positive or null, got {config.split.max_train_rows}."),
+        (len(config.data.labels) >= 2, f"data.labels needs at least two labels, got {config.data.labels}."),
+        (0 <= config.gates.min_accuracy <= 1, f"gates.min_accuracy must be in [0, 1], got {config.gates.min_accuracy}."),
+        (config.model.max_length > 0, f"model.max_length must be positive, got {config.model.max_length}."),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)

@@ -1,0 +1,21 @@
+"""Errors a user can cause and fix: each message says what was wrong and how to fix it."""
+
+
+class TunegateError(Exception):
+    """Base class: the CLI prints these without a traceback and exits non-zero."""
+
+
+class ConfigError(TunegateError):
+    """params.yaml or an override is invalid."""
+
+
+class DataError(TunegateError):
+    """An input file cannot be read or has the wrong shape."""
+
+
+class AuditFailed(TunegateError):
+    """The data audit found an error-severity problem; the run stops before training."""
+
+
+class ModelError(TunegateError):
+    """A model cannot be found, loaded or trained as configured."""

@@ -1,0 +1,83 @@
+"""Shared fixtures: a throwaway, offline environment and a small real tunegate project in a temp dir."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Before any library import: offline, quiet, and a Prefect home of this session's own
+# (Prefect's cache and its ephemeral database persist across processes otherwise).
+_session_home = Path(tempfile.mkdtemp(prefix="tunegate-tests-"))
+os.environ.update({
+    "HF_HUB_OFFLINE": "1",
+    "GX_ANALYTICS_ENABLED": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DVC_NO_ANALYTICS": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_HOME": str(_session_home / "prefect"),
+    "PREFECT_LOGGING_LEVEL": "WARNING",
+})
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+SMALL_ROWS = {"train": 400, "dev": 100, "test": 200}
+
+
+def small_params(**changes: dict) -> dict:
+    """The repo's params.yaml, made small enough for a test to train in seconds."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["split"]["max_train_rows"] = None
+    params["train"].update(epochs=1, batch_size=16)
+    params["gates"]["min_accuracy"] = 0.5
+    for section, values in changes.items():
+        params[section].update(values)
+    return params
+
+
+def write_sst2_slice(raw_dir: Path) -> None:
+    """Real SST-2 rows, a stratified head of each file (sentences of the test file are longest: few rows)."""
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    for name, rows in SMALL_ROWS.items():
+        frame = pd.read_csv(REPO / "data/raw/sst2" / f"{name}.tsv", sep="\t", keep_default_na=False, dtype=str)
+        frame = frame.groupby("label", group_keys=False).head(rows // 2)
+        frame.to_csv(raw_dir / f"{name}.tsv", sep="\t", index=False)
+
+
+def git(project: Path, *args: str) -> None:
+    subprocess.run(["git", *args], cwd=project, check=True, capture_output=True)
+
+
+def make_project(root: Path, params: dict) -> Path:
+    """A real tunegate project: git repo, DVC repo with a local remote, the pipeline code, small data."""
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(REPO / "pipeline", root / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    write_sst2_slice(root / "data/raw/sst2")
+    git(root, "init", "-q")
+    git(root, "config", "user.email", "tests@tunegate.invalid")
+    git(root, "config", "user.name", "tunegate tests")
+    subprocess.run(["dvc", "init", "-q"], cwd=root, check=True, env={**os.environ, "PATH": _venv_path()})
+    subprocess.run(["dvc", "remote", "add", "-q", "-d", "local", str(root / ".dvc/storage")], cwd=root, check=True,
+                   env={**os.environ, "PATH": _venv_path()})
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "test project")
+    return root
+
+
+def _venv_path() -> str:
+    import sys
+
+    return f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    return make_project(tmp_path / "project", small_params())

@@ -1,0 +1,58 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import load_config
+from pipeline.errors import ConfigError
+from tests.conftest import REPO
+
+
+def test_loads_repo_params_into_frozen_dataclasses():
+    config = load_config(REPO)
+    assert config.train.method == "lora"
+    assert config.data.labels == {0: "negative", 1: "positive"}
+    assert config.train.lora.target_modules == ["query", "key", "value", "dense"]
+    with pytest.raises(AttributeError):
+        config.train.method = "full"
+
+
+def test_overrides_are_parsed_as_yaml_values():
+    config = load_config(REPO, ["train.method=full", "train.epochs=2", "train.learning_rate=2e-5",
+                                "train.lora.target_modules=[query, value]"])
+    assert (config.train.method, config.train.epochs, config.train.learning_rate) == ("full", 2.0, 2e-5)
+    assert config.train.lora.target_modules == ["query", "value"]
+
+
+def test_params_hash_changes_with_any_value_and_only_then():
+    base = load_config(REPO)
+    assert base.params_hash() == load_config(REPO).params_hash()
+    assert base.params_hash() != load_config(REPO, ["train.seed=7"]).params_hash()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.epochs=two", "train.epochs must be float, got 'two'"),
+    ("train.method=bogus", "train.method must be one of full, lora"),
+    ("train.epoch=2", "unknown key 'epoch'; known keys here:"),
+    ("nosuch.key=1", "'nosuch' is not a section"),
+    ("train.epochs", "not of the form section.key=value"),
+    ("split.seed=3", "edit it in params.yaml so that dvc.lock records it"),
+    ("train.batch_size=0", "train.batch_size must be positive"),
+])
+def test_bad_overrides_name_the_key_and_the_fix(override, message):
+    with pytest.raises(ConfigError, match=None) as info:
+        load_config(REPO, [override])
+    assert message in str(info.value)
+
+
+def test_bad_params_file_names_the_missing_key(tmp_path: Path):
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    del params["gates"]["min_accuracy"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(ConfigError, match="Missing key 'gates.min_accuracy'"):
+        load_config(tmp_path)
+
+
+def test_missing_params_file_says_where_it_looked(tmp_path: Path):
+    with pytest.raises(ConfigError, match=f"No params.yaml in {tmp_path}"):
+        load_config(tmp_path)

@@ -1,0 +1,107 @@
+"""The whole flow on a small real slice: real model, real Great Expectations, DVC, MLflow and Prefect."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import mlflow
+import pandas as pd
+import pytest
+import yaml
+
+from flows.retrain import retrain
+from pipeline import registry
+from pipeline.config import load_config
+from pipeline.errors import AuditFailed
+from tests.conftest import make_project, small_params
+
+
+@pytest.fixture(scope="module")
+def trained_project(tmp_path_factory):
+    """One project, retrained twice: a first run, then one whose gate it cannot pass."""
+    project = make_project(tmp_path_factory.mktemp("flow") / "project", small_params(gates={"min_accuracy": 0.0}))
+    first = retrain(str(project))
+    second = retrain(str(project), ["gates.min_accuracy=1.01", "train.seed=7"])
+    return project, first, second
+
+
+def test_first_run_registers_a_champion_with_lineage(trained_project):
+    project, first, _ = trained_project
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    assert first.data_version == lock["stages"]["split"]["outs"][0]["md5"]
+    assert (first.version, first.alias) == ("1", "champion")
+    assert "no current champion" in first.reason
+
+    config = load_config(project)
+    client = registry.connect(config)
+    version = client.get_model_version(config.registry.model_name, "1")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True).stdout.strip()
+    assert version.tags["git_commit"].startswith(head)
+    assert version.tags["data_version"] == first.data_version
+    assert version.tags["params_hash"] == config.params_hash()
+    assert version.tags["promotion_decision"] == "champion"
+    run = client.get_run(version.run_id)
+    assert run.data.params["train.method"] == "lora"
+    assert run.data.metrics["test_accuracy"] == pytest.approx(first.metrics["test_accuracy"])
+    assert 0 < run.data.metrics["trainable_params"] < run.data.metrics["total_params"]
+
+
+def test_champion_loads_and_predicts_label_names(trained_project):
+    project, first, _ = trained_project
+    config = load_config(project)
+    registry.connect(config)
+    model = mlflow.pyfunc.load_model(f"models:/{config.registry.model_name}@champion")
+    predictions = model.predict(pd.DataFrame({"text": ["a moving, funny film", "a dull mess", "fine"]}))
+    assert len(predictions) == 3
+    assert set(predictions["label"]) <= {"negative", "positive"}
+    assert predictions["score"].between(0.5, 1.0).all()
+
+
+def test_second_run_that_fails_a_gate_is_challenger_and_says_why(trained_project):
+    project, first, second = trained_project
+    assert second.data_version == first.data_version          # same data: dvc repro was a no-op
+    assert (second.version, second.alias) == ("2", "challenger")
+    assert f"< floor 1.0100" in second.reason
+    config = load_config(project)
+    champion = registry.champion(config)
+    assert champion.version == "1"
+    rows = {row.version: row for row in registry.list_versions(config)}
+    assert rows["2"].aliases == ["challenger"] and rows["1"].aliases == ["champion"]
+    assert rows["2"].tags["promotion_reason"] == second.reason
+
+
+def test_models_command_prints_versions_aliases_and_metrics(trained_project):
+    project, first, _ = trained_project
+    result = subprocess.run([sys.executable, "-m", "flows.cli", "--project-dir", str(project), "models"],
+                            capture_output=True, text=True, check=True)
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[:4] == ["version", "aliases", "created", "test_accuracy"]
+    assert lines[2].split()[:2] == ["1", "champion"]
+    assert f"{first.metrics['test_accuracy']:.4f}" in lines[2]
+
+
+@pytest.mark.parametrize("break_file, message", [
+    (lambda f: f.drop(columns=["sentence"]), "column 'sentence' is missing"),
+    (lambda f: f.assign(label=["3"] + list(f["label"][1:])), "outside the label set ['0', '1']: ['3'] at data rows [1]"),
+])
+def test_bad_data_stops_the_run_at_the_audit_and_registers_nothing(tmp_path, break_file, message):
+    project = make_project(tmp_path / "project", small_params())
+    train = project / "data/raw/sst2/train.tsv"
+    break_file(pd.read_csv(train, sep="\t", dtype=str)).to_csv(train, sep="\t", index=False)
+    with pytest.raises(AuditFailed, match="Data audit failed") as info:
+        retrain(str(project))
+    assert message in str(info.value)
+    assert not (project / "dvc.lock").exists()
+    assert registry.list_versions(load_config(project)) == []
+
+
+def test_cli_exits_non_zero_with_the_message_on_bad_data(tmp_path):
+    project = make_project(tmp_path / "project", small_params())
+    train = project / "data/raw/sst2/train.tsv"
+    pd.read_csv(train, sep="\t", dtype=str).drop(columns=["label"]).to_csv(train, sep="\t", index=False)
+    result = subprocess.run([sys.executable, "-m", "flows.cli", "--project-dir", str(project), "retrain"],
+                            capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "tunegate: error: Data audit failed" in result.stderr
+    assert "column 'label' is missing" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,64 @@
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from pipeline.config import load_config
+from pipeline.errors import DataError
+from pipeline.split import make_splits
+from tests.conftest import small_params, write_sst2_slice
+
+
+def _project(tmp_path: Path, **changes) -> Path:
+    write_sst2_slice(tmp_path / "data/raw/sst2")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(small_params(**changes)))
+    return tmp_path
+
+
+def test_split_is_deterministic_for_a_seed(tmp_path):
+    config = load_config(_project(tmp_path, split={"max_train_rows": 100}))
+    first, second = make_splits(config), make_splits(config)
+    for name in first:
+        pd.testing.assert_frame_equal(first[name], second[name])
+
+
+def test_another_seed_gives_another_sample(tmp_path):
+    project = _project(tmp_path, split={"max_train_rows": 100})
+    first = make_splits(load_config(project))["train"]
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["split"]["seed"] = 7
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    assert not first.equals(make_splits(load_config(project))["train"])
+
+
+def test_cap_keeps_the_label_balance(tmp_path):
+    splits = make_splits(load_config(_project(tmp_path, split={"max_train_rows": 100})))
+    assert len(splits["train"]) == 100
+    assert splits["train"]["label"].value_counts().to_dict() == {0: 50, 1: 50}
+    assert len(splits["validation"]) == 100 and len(splits["test"]) == 200
+
+
+def test_missing_validation_and_test_are_carved_out_of_train_stratified(tmp_path):
+    config = load_config(_project(tmp_path, data={"validation": None, "test": None},
+                                  split={"validation_fraction": 0.1, "test_fraction": 0.2}))
+    splits = make_splits(config)
+    assert (len(splits["train"]), len(splits["validation"]), len(splits["test"])) == (288, 32, 80)
+    assert splits["test"]["label"].value_counts().to_dict() == {0: 40, 1: 40}
+    assert sum(len(f) for f in splits.values()) == 400
+
+
+def test_labels_are_read_as_the_configured_integers(tmp_path):
+    splits = make_splits(load_config(_project(tmp_path)))
+    assert splits["train"]["label"].dtype.kind == "i"
+    assert set(splits["train"]["label"]) == {0, 1}
+
+
+def test_a_label_outside_the_set_names_the_values_and_the_row(tmp_path):
+    project = _project(tmp_path)
+    train = project / "data/raw/sst2/train.tsv"
+    frame = pd.read_csv(train, sep="\t", dtype=str)
+    frame.loc[3, "label"] = "positive"
+    frame.to_csv(train, sep="\t", index=False)
+    with pytest.raises(DataError, match=r"1 label\(s\) outside the label set \[0, 1\], e.g. \['positive'\] \(first at data row 4\)"):
+        make_splits(load_config(project))
