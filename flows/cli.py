@@ -3,6 +3,7 @@ can fix are printed as one message, with a non-zero exit."""
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -39,12 +40,28 @@ def _models(project_dir: Path) -> str:
     return "\n".join("  ".join(str(cell).ljust(w) for cell, w in zip(r, widths)).rstrip() for r in table)
 
 
+class _UserErrorsWithoutTraceback(logging.Filter):
+    """Prefect logs a failed task with its traceback; for an error the user can fix, the message is enough."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], TunegateError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _quiet_user_errors() -> None:
+    for logger in (logging.getLogger(), logging.getLogger("prefect")):
+        for handler in logger.handlers:
+            handler.addFilter(_UserErrorsWithoutTraceback())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "retrain":
             from flows.retrain import retrain
 
+            _quiet_user_errors()
             print(retrain(str(args.project_dir), args.overrides))
         elif args.command == "models":
             print(_models(args.project_dir))

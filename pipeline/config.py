@@ -220,6 +220,12 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         return Path(value)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):
+        # YAML 1.1 reads `2e-5` (no dot) as a string; users mean the number.
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if hint in (int, float, str, bool) and (type(value) is not hint):
         raise ConfigError(f"{key} must be {hint.__name__}, got {value!r} ({type(value).__name__}).")
     return value

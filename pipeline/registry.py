@@ -10,7 +10,6 @@ import mlflow
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
 
 from pipeline.config import Config
 
@@ -81,8 +80,15 @@ def tracking_uri(config: Config) -> str:
 
 def connect(config: Config) -> MlflowClient:
     uri = tracking_uri(config)
+    user_uri = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    # set_tracking_uri also exports MLFLOW_TRACKING_URI; keep the user's environment, which
+    # tracking_uri() reads, as it was (else one project's store would leak into the next).
+    if user_uri is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = user_uri
     if mlflow.get_experiment_by_name(config.registry.experiment) is None:
         # A local store keeps artifacts beside the db; a tracking server decides for itself.
         location = config.path(config.registry.artifact_location).as_uri() if uri.startswith("sqlite") else None
@@ -118,12 +124,12 @@ def register_candidate(config: Config, candidate: Candidate) -> RegisteredVersio
             artifacts={"model": str(candidate.model_dir)},
             code_paths=[str(PIPELINE_PACKAGE)],
             model_config={"max_length": config.model.max_length},
-            signature=infer_signature(example, pd.DataFrame({"label": ["positive"], "score": [0.5]})),
+            input_example=example,
             pip_requirements=SERVING_REQUIREMENTS,
         )
         version = mlflow.register_model(info.model_uri, config.registry.model_name, tags=candidate.tags)
     client.update_model_version(version.name, version.version, description=_describe(candidate))
-    return RegisteredVersion(version.name, version.version, run.info.run_id, candidate.metrics)
+    return RegisteredVersion(version.name, str(version.version), run.info.run_id, candidate.metrics)
 
 
 def _describe(candidate: Candidate) -> str:
@@ -139,7 +145,7 @@ def champion(config: Config) -> RegisteredVersion | None:
     except MlflowException:
         return None
     metrics = client.get_run(version.run_id).data.metrics
-    return RegisteredVersion(version.name, version.version, version.run_id, metrics)
+    return RegisteredVersion(version.name, str(version.version), version.run_id, metrics)
 
 
 def record_promotion(config: Config, version: RegisteredVersion, promoted: bool, reason: str) -> str:
@@ -155,9 +161,17 @@ def record_promotion(config: Config, version: RegisteredVersion, promoted: bool,
 def list_versions(config: Config) -> list[VersionRow]:
     client = connect(config)
     name = config.registry.model_name
+    versions = client.search_model_versions(f"name = '{name}'", order_by=["version_number DESC"])
+    if not versions:
+        return []
+    # Version search leaves aliases empty; the registered model holds them.
+    aliases: dict[str, list[str]] = {}
+    for alias, version in client.get_registered_model(name).aliases.items():
+        aliases.setdefault(str(version), []).append(alias)
     rows = []
-    for version in client.search_model_versions(f"name = '{name}'", order_by=["version_number DESC"]):
+    for version in versions:
         metrics = client.get_run(version.run_id).data.metrics if version.run_id else {}
         created = pd.Timestamp(version.creation_timestamp, unit="ms").strftime("%Y-%m-%d %H:%M")
-        rows.append(VersionRow(version.version, list(version.aliases), created, metrics, dict(version.tags)))
+        rows.append(VersionRow(str(version.version), sorted(aliases.get(str(version.version), [])), created,
+                               metrics, dict(version.tags)))
     return rows

@@ -117,6 +117,7 @@ def train_model(config: Config, train_frame: pd.DataFrame, validation_frame: pd.
         seed=train_cfg.seed,
         data_seed=train_cfg.seed,
         report_to="none",
+        dataloader_pin_memory=torch.cuda.is_available(),
     )
     trainer = Trainer(
         model=model, args=args,

@@ -21,7 +21,7 @@ def trained_project(tmp_path_factory):
     """One project, retrained twice: a first run, then one whose gate it cannot pass."""
     project = make_project(tmp_path_factory.mktemp("flow") / "project", small_params(gates={"min_accuracy": 0.0}))
     first = retrain(str(project))
-    second = retrain(str(project), ["gates.min_accuracy=1.01", "train.seed=7"])
+    second = retrain(str(project), ["gates.min_accuracy=1.0", "train.seed=7"])
     return project, first, second
 
 
@@ -61,7 +61,7 @@ def test_second_run_that_fails_a_gate_is_challenger_and_says_why(trained_project
     project, first, second = trained_project
     assert second.data_version == first.data_version          # same data: dvc repro was a no-op
     assert (second.version, second.alias) == ("2", "challenger")
-    assert f"< floor 1.0100" in second.reason
+    assert f"< floor 1.0000" in second.reason
     config = load_config(project)
     champion = registry.champion(config)
     assert champion.version == "1"
