@@ -7,7 +7,6 @@ import logging
 import sys
 from pathlib import Path
 
-import pipeline  # noqa: F401  (sets the offline/quiet environment before the libraries load)
 from pipeline import registry
 from pipeline.config import load_config
 from pipeline.errors import TunegateError
