@@ -28,7 +28,7 @@ from pipeline.errors import AuditFailed
 from pipeline.modeling import PreTrainedTokenizerBase, count_tokens, load_tokenizer, resolve_model_path
 
 # Columns the audit derives for its expectations.
-TOKENS, LABELS_PER_TEXT, IN_TRAIN = "tokens", "labels_per_text", "in_train"
+TOKENS, NORMALISED, LABELS_PER_TEXT, IN_TRAIN = "tokens", "normalised_text", "labels_per_text", "in_train"
 INTEGER = r"^-?\d+$"
 EXAMPLES = 5   # rows quoted per failed row-level check
 
@@ -102,8 +102,7 @@ def has_text_and_label(config: Config, frame: pd.DataFrame) -> bool:
     return config.data.text_column in frame.columns and config.data.label_column in frame.columns
 
 
-def row_table(config: Config, frame: pd.DataFrame, tokenizer: PreTrainedTokenizerBase,
-              train_texts: set[str] | None) -> pd.DataFrame:
+def row_table(config: Config, frame: pd.DataFrame, tokenizer: PreTrainedTokenizerBase) -> pd.DataFrame:
     """The text and label columns, labels as text (1, '1' and ' 1' are label 1), and the derived columns."""
     text, label = config.data.text_column, config.data.label_column
     table = frame[[c for c in (text, label) if c in frame.columns]].reset_index(drop=True)
@@ -111,12 +110,19 @@ def row_table(config: Config, frame: pd.DataFrame, tokenizer: PreTrainedTokenize
         return table
     table[label] = table[label].map(str, na_action="ignore").str.strip()
     texts = text_values(table, text)
-    normalised = normalise(texts)
+    table[NORMALISED] = normalise(texts)
     table[TOKENS] = count_tokens(tokenizer, texts.tolist())
-    table[LABELS_PER_TEXT] = table[label].groupby(normalised).transform("nunique")
-    if train_texts is not None:
-        table[IN_TRAIN] = normalised.isin(train_texts)
+    table[LABELS_PER_TEXT] = table[label].groupby(table[NORMALISED]).transform("nunique")
     return table
+
+
+def mark_leaks(tables: dict[str, pd.DataFrame], train: str) -> None:
+    """Add IN_TRAIN to every table but train's: is the row's normalised text one of train's?"""
+    train_texts = set(tables[train][NORMALISED].dropna())
+    for source, table in tables.items():
+        if source != train and NORMALISED in table:
+            # As objects: pandas' hash table takes milliseconds, its Arrow-string isin a second per 67k texts.
+            table[IN_TRAIN] = table[NORMALISED].astype(object).isin(train_texts)
 
 
 def column_specs(config: Config, table: pd.DataFrame, found_columns: list[str]) -> list[Spec]:
@@ -291,10 +297,8 @@ def _check_result(source: str, spec: Spec, result: ExpectationValidationResult) 
                        bool(result.success), observed, spec.threshold, detail)
 
 
-def audit_frame(config: Config, tools: Tools, source: str, frame: pd.DataFrame,
-                train_texts: set[str] | None) -> FileAudit:
-    """Schema checks; with both columns present, content, class and slice checks too."""
-    table = row_table(config, frame, tools.tokenizer, train_texts)
+def audit_table(config: Config, tools: Tools, source: str, frame: pd.DataFrame, table: pd.DataFrame) -> FileAudit:
+    """Schema checks of a file's row table; with both columns present, content, class and slice checks too."""
     specs = column_specs(config, table, list(frame.columns))
     if not has_text_and_label(config, table):
         return FileAudit(source, len(frame), validate(tools.batches, source, table, specs, EXAMPLES), None, None)
@@ -317,11 +321,10 @@ def audit_files(config: Config, sources: list[str], train: str | None, name: str
     lexicon = config.audit.bias.lexicon
     tools = Tools(_batch_definition(), load_tokenizer(resolve_model_path(config.model.base, config.project_dir)),
                   bias.load_lexicon(config.path(lexicon) if lexicon else None))
-    text = config.data.text_column
-    train_texts = (set(normalise(text_values(frames[train], text)).dropna())
-                   if train is not None and text in frames[train] else None)
-    files = [audit_frame(config, tools, source, frame, None if source == train else train_texts)
-             for source, frame in frames.items()]
+    tables = {source: row_table(config, frame, tools.tokenizer) for source, frame in frames.items()}
+    if train is not None and NORMALISED in tables[train]:
+        mark_leaks(tables, train)
+    files = [audit_table(config, tools, source, frames[source], tables[source]) for source in sources]
     return write_report(files, config.path(config.audit.report_dir), name)
 
 
