@@ -19,6 +19,7 @@ from great_expectations.core.batch_definition import BatchDefinition
 from great_expectations.data_context.types.base import ProgressBarsConfig
 from great_expectations.expectations import Expectation
 from great_expectations.expectations.row_conditions import Column
+from great_expectations.validator.exception_info import ExceptionInfo
 
 from pipeline import bias
 from pipeline.audit_report import AuditReport, CheckResult, FileAudit, write_report
@@ -269,7 +270,8 @@ def slice_specs(config: Config, slices: pd.DataFrame) -> list[Spec]:
     ]
 
 
-def _batch_definition() -> BatchDefinition:
+def batch_definition() -> BatchDefinition:
+    """An in-memory GX context (no files written) with one pandas asset whose batches are whole data frames."""
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     return (context.data_sources.add_pandas("tunegate").add_dataframe_asset("table")
@@ -289,8 +291,16 @@ def validate(batches: BatchDefinition, source: str, table: pd.DataFrame, specs: 
     return [_check_result(source, spec, by_spec[i]) for i, spec in enumerate(specs)]
 
 
+def _gx_error(result: ExpectationValidationResult) -> str | None:
+    """GX's message when it could not evaluate an expectation; exception_info comes in two shapes."""
+    info = result.exception_info or {}
+    messages = ([info.get("exception_message")] if info.get("raised_exception") else
+                [value.exception_message for value in info.values() if isinstance(value, ExceptionInfo)])
+    return "; ".join(map(str, messages)) or None
+
+
 def _check_result(source: str, spec: Spec, result: ExpectationValidationResult) -> CheckResult:
-    error = (result.exception_info or {}).get("exception_message")
+    error = _gx_error(result)
     observed = None if error else spec.observe(result.result)
     detail = f"could not be checked: {error}" if error else spec.describe(result.result)
     return CheckResult(source, spec.name, spec.column, result.expectation_config.type, spec.check.severity,
@@ -319,7 +329,7 @@ def audit_files(config: Config, sources: list[str], train: str | None, name: str
     """
     frames = {source: read_table(config.path(source)) for source in sources}
     lexicon = config.audit.bias.lexicon
-    tools = Tools(_batch_definition(), load_tokenizer(resolve_model_path(config.model.base, config.project_dir)),
+    tools = Tools(batch_definition(), load_tokenizer(resolve_model_path(config.model.base, config.project_dir)),
                   bias.load_lexicon(config.path(lexicon) if lexicon else None))
     tables = {source: row_table(config, frame, tools.tokenizer) for source, frame in frames.items()}
     if train is not None and NORMALISED in tables[train]:

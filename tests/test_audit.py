@@ -10,11 +10,11 @@ import yaml
 
 from flows.cli import main
 from pipeline import bias
-from pipeline.audit import audit_file, audit_raw_data
+from pipeline.audit import audit_file, audit_raw_data, batch_definition, class_specs, class_table, validate
 from pipeline.config import load_config
 from pipeline.data import read_table
 from pipeline.errors import AuditFailed, ConfigError, DataError
-from tests.conftest import small_params, write_sst2_slice
+from tests.conftest import REPO, small_params, write_sst2_slice
 
 LEXICON = {"gender": {"women": ["she", "her"], "men": ["he", "his"]}}
 ROWS = 40
@@ -139,6 +139,18 @@ def test_each_failing_check_is_reported_with_its_severity(tmp_path, case, suffix
         assert message in str(info.value)
     else:
         assert audit_raw_data(config).passed
+
+
+@pytest.mark.parametrize("values, message", [
+    (["a", "b"], "'>=' not supported between instances of 'str' and 'float'"),   # raised by the expectation
+    ([{"a": 1}, {"b": 2}], "'<=' not supported between instances of 'dict' and 'dict'"),   # raised by a metric
+])
+def test_an_expectation_gx_cannot_evaluate_fails_with_its_message(values, message):
+    config = load_config(REPO)
+    rows_per_class = class_specs(config, class_table(config, pd.Series(["0", "1"])))[1]
+    (result,) = validate(batch_definition(), "table", pd.DataFrame({"rows": values}), [rows_per_class], examples=5)
+    assert (result.check, result.passed, result.status, result.observed) == ("rows_per_class", False, "error", None)
+    assert result.detail == f"could not be checked: {message}"
 
 
 def test_validation_text_found_in_train_is_leakage(tmp_path):
