@@ -11,7 +11,7 @@ import yaml
 from flows.cli import main
 from pipeline import bias
 from pipeline.audit import audit_file, audit_raw_data, batch_definition, class_specs, class_table, validate
-from pipeline.config import load_config
+from pipeline.config import apply_override, load_config
 from pipeline.data import read_table
 from pipeline.errors import AuditFailed, ConfigError, DataError
 from tests.conftest import REPO, small_params, write_sst2_slice
@@ -40,7 +40,7 @@ def write(frame: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-def make_project(root: Path, train: pd.DataFrame, validation: pd.DataFrame | None = None,
+def audit_project(root: Path, train: pd.DataFrame, validation: pd.DataFrame | None = None,
                  suffix: str = ".tsv", overrides: dict | None = None) -> Path:
     """A project whose raw files are the given frames, with the test lexicon; small classes and slices allowed."""
     root.mkdir(parents=True, exist_ok=True)
@@ -53,11 +53,7 @@ def make_project(root: Path, train: pd.DataFrame, validation: pd.DataFrame | Non
         params["data"]["validation"] = "raw/validation.tsv"
         write(validation, root / "raw/validation.tsv")
     for key, value in (overrides or {}).items():
-        section = params["audit"]
-        *parents, last = key.split(".")
-        for part in parents:
-            section = section[part]
-        section[last] = value
+        apply_override(params, f"audit.{key}={value}")
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return root
 
@@ -67,7 +63,7 @@ def failed(report) -> dict[str, str]:
 
 
 def test_clean_data_passes_every_check_and_writes_both_reports(tmp_path):
-    report = audit_raw_data(load_config(make_project(tmp_path, clean_rows(), clean_rows().assign(
+    report = audit_raw_data(load_config(audit_project(tmp_path, clean_rows(), clean_rows().assign(
         sentence=lambda f: "another " + f["sentence"]))))
     assert report.passed and not report.failures
     names = {check.check for check in report.checks}
@@ -127,7 +123,7 @@ LONG = " ".join(["wonderful"] * 200)
      "positive rate 1.000 vs 0.000 in the rest, gap +1.000"),
 ])
 def test_each_failing_check_is_reported_with_its_severity(tmp_path, case, suffix, change, overrides, expected, message):
-    config = load_config(make_project(tmp_path, change(clean_rows()), suffix=suffix, overrides=overrides))
+    config = load_config(audit_project(tmp_path, change(clean_rows()), suffix=suffix, overrides=overrides))
     report = audit_file(config, config.path(config.data.train))
     assert failed(report) == expected
     details = " ".join(check.detail for check in report.failures)
@@ -156,7 +152,7 @@ def test_an_expectation_gx_cannot_evaluate_fails_with_its_message(values, messag
 def test_validation_text_found_in_train_is_leakage(tmp_path):
     validation = clean_rows().assign(sentence=lambda f: "another " + f["sentence"])
     validation.loc[4, "sentence"] = "  Film 2: HE found it worth a look"
-    report = audit_raw_data(load_config(make_project(tmp_path, clean_rows(), validation)))
+    report = audit_raw_data(load_config(audit_project(tmp_path, clean_rows(), validation)))
     assert failed(report) == {"leakage": "warning"}
     (leak,) = report.failures
     assert leak.source == "raw/validation.tsv" and leak.observed == pytest.approx(1 / ROWS)
@@ -165,11 +161,11 @@ def test_validation_text_found_in_train_is_leakage(tmp_path):
 
 def test_severity_decides_whether_a_failure_stops_the_run(tmp_path):
     duplicated = _set(2, "sentence", "film 0: she found it worth a look")(clean_rows())
-    assert audit_raw_data(load_config(make_project(tmp_path / "warn", duplicated))).passed
-    stop = make_project(tmp_path / "stop", duplicated, overrides={"checks.duplicates.severity": "error"})
+    assert audit_raw_data(load_config(audit_project(tmp_path / "warn", duplicated))).passed
+    stop = audit_project(tmp_path / "stop", duplicated, overrides={"checks.duplicates.severity": "error"})
     with pytest.raises(AuditFailed, match=r"error: raw/train.tsv: duplicates \(sentence\): 2 row\(s\)"):
         audit_raw_data(load_config(stop))
-    lenient = make_project(tmp_path / "lenient", _set(7, "label", "3")(clean_rows()),
+    lenient = audit_project(tmp_path / "lenient", _set(7, "label", "3")(clean_rows()),
                            overrides={"checks.label_in_set.severity": "warning"})
     report = audit_raw_data(load_config(lenient))
     assert report.passed and failed(report) == {"label_in_set": "warning"}
@@ -188,13 +184,13 @@ def test_unreadable_input_stops_the_audit_naming_the_file_and_line(tmp_path, nam
     path = tmp_path / name
     path.write_bytes(content)
     with pytest.raises(DataError) as info:
-        audit_file(load_config(make_project(tmp_path / "project", clean_rows())), path)
+        audit_file(load_config(audit_project(tmp_path / "project", clean_rows())), path)
     assert message in str(info.value)
 
 
 @pytest.mark.parametrize("drop, key", [("sentence", "text_column"), ("label", "label_column")])
 def test_missing_column_stops_the_audit_naming_it_and_the_fix(tmp_path, drop, key):
-    config = load_config(make_project(tmp_path, clean_rows().drop(columns=[drop])))
+    config = load_config(audit_project(tmp_path, clean_rows().drop(columns=[drop])))
     with pytest.raises(AuditFailed) as info:
         audit_raw_data(config)
     assert (f"error: raw/train.tsv: columns ({drop}): column {drop!r} is missing; the file has "
@@ -245,7 +241,7 @@ def test_shipped_lexicon_covers_the_six_kinds_of_identity():
 
 
 def test_lexicon_from_params_replaces_the_shipped_one(tmp_path):
-    config = load_config(make_project(tmp_path, clean_rows()))
+    config = load_config(audit_project(tmp_path, clean_rows()))
     report = audit_file(config, config.path(config.data.train))
     assert [(s.category, s.group, s.rows) for s in report.files[0].slices.itertuples()] == [
         ("gender", "women", 20), ("gender", "men", 20)]
@@ -265,7 +261,7 @@ def test_bad_lexicon_says_what_shape_it_needs(tmp_path, content, message):
 
 
 def test_cli_audits_one_file_prints_every_check_and_exits_by_severity(tmp_path, capsys):
-    project = make_project(tmp_path, clean_rows())
+    project = audit_project(tmp_path, clean_rows())
     bad = write(_set(7, "label", "3")(clean_rows()), tmp_path / "bad.csv")
     assert main(["--project-dir", str(project), "audit", str(bad)]) == 1
     out = capsys.readouterr().out
@@ -280,7 +276,7 @@ def test_cli_audits_one_file_prints_every_check_and_exits_by_severity(tmp_path, 
 
 
 def test_cli_unreadable_file_is_one_message_and_exit_1(tmp_path, capsys):
-    project = make_project(tmp_path, clean_rows())
+    project = audit_project(tmp_path, clean_rows())
     (tmp_path / "empty.csv").write_bytes(b"")
     assert main(["--project-dir", str(project), "audit", str(tmp_path / "empty.csv")]) == 1
     assert capsys.readouterr().err.startswith(f"tunegate: error: {tmp_path / 'empty.csv'}: the file is empty")
