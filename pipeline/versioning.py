@@ -41,7 +41,8 @@ def reproduce_splits(project_dir: Path) -> DataVersion:
     """`dvc repro split` (a no-op when data and params are unchanged), push to the default remote, read dvc.lock."""
     try:
         with _stage_environment(), Repo(str(project_dir)) as repo:
-            repo.reproduce(SPLIT_STAGE)
+            # DVC resolves a target against the working directory, not the repo: name the project's dvc.yaml.
+            repo.reproduce(f"{project_dir / 'dvc.yaml'}:{SPLIT_STAGE}")
             if repo.config["core"].get("remote"):
                 repo.push()
     except DvcException as exc:
