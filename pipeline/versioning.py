@@ -27,22 +27,24 @@ class DataVersion:
 
 
 @contextmanager
-def _stage_environment() -> Iterator[None]:
+def _stage_environment(project_dir: Path) -> Iterator[None]:
     # dvc.yaml's commands call `python`: make it this interpreter, venv activated or not.
-    old_path = os.environ.get("PATH", "")
+    # DVC resolves targets and stage paths against the working directory: work from the project's.
+    old_path, old_cwd = os.environ.get("PATH", ""), os.getcwd()
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{old_path}"
+    os.chdir(project_dir)
     try:
         yield
     finally:
         os.environ["PATH"] = old_path
+        os.chdir(old_cwd)
 
 
 def reproduce_splits(project_dir: Path) -> DataVersion:
     """`dvc repro split` (a no-op when data and params are unchanged), push to the default remote, read dvc.lock."""
     try:
-        with _stage_environment(), Repo(str(project_dir)) as repo:
-            # DVC resolves a target against the working directory, not the repo: name the project's dvc.yaml.
-            repo.reproduce(f"{project_dir / 'dvc.yaml'}:{SPLIT_STAGE}")
+        with _stage_environment(project_dir), Repo(str(project_dir)) as repo:
+            repo.reproduce(SPLIT_STAGE)
             if repo.config["core"].get("remote"):
                 repo.push()
     except DvcException as exc:
