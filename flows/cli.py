@@ -7,7 +7,6 @@ import logging
 import sys
 from pathlib import Path
 
-from pipeline import registry
 from pipeline.config import load_config
 from pipeline.errors import TunegateError
 
@@ -22,10 +21,15 @@ def _parser() -> argparse.ArgumentParser:
     retrain.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                          help="override a params.yaml value for this run, e.g. -S train.method=full")
     commands.add_parser("models", help="registered versions with aliases and key metrics")
+    audit = commands.add_parser("audit", help="audit one data file with params.yaml's columns, labels and checks; "
+                                              "exit 1 if an error-severity check fails")
+    audit.add_argument("path", type=Path, help="a CSV, TSV, Parquet or JSON Lines file")
     return parser
 
 
 def _models(project_dir: Path) -> str:
+    from pipeline import registry   # here, not at the top: MLflow takes seconds to import
+
     config = load_config(project_dir)
     rows = registry.list_versions(config)
     if not rows:
@@ -64,6 +68,13 @@ def main(argv: list[str] | None = None) -> int:
             print(retrain(str(args.project_dir), args.overrides))
         elif args.command == "models":
             print(_models(args.project_dir))
+        elif args.command == "audit":
+            from pipeline.audit import audit_file
+            from pipeline.audit_report import as_text
+
+            report = audit_file(load_config(args.project_dir), args.path.resolve())
+            print(as_text(report))
+            return 0 if report.passed else 1
     except TunegateError as exc:
         print(f"tunegate: error: {exc}", file=sys.stderr)
         return 1

@@ -28,9 +28,12 @@ class RetrainSummary:
     version: str
     alias: str
     reason: str
+    audit: str
+    audit_failures: list[str]     # failed warning-level checks; a failed error-level check stops the run
 
     def __str__(self) -> str:
-        lines = [f"data version   {self.data_version}"]
+        lines = [f"audit          {self.audit}", *(f"  {failure}" for failure in self.audit_failures),
+                 f"data version   {self.data_version}"]
         lines += [f"{name:<14} {value:.4f}" for name, value in sorted(self.metrics.items())]
         lines += [f"registered     {self.model_name} version {self.version}",
                   f"decision       {self.alias}: {self.reason}"]
@@ -71,7 +74,7 @@ def register_task(config: Config, data_version: DataVersion, trained: TrainResul
             **data_version.as_tags()}
     candidate = registry.Candidate(model_dir=trained.model_dir, params=config.as_dict(),
                                    metrics={**trained.as_metrics(), **metrics}, tags=tags,
-                                   artifacts=[report.path])
+                                   artifacts=[report.json_path, report.html_path])
     return registry.register_candidate(config, candidate)
 
 
@@ -92,4 +95,5 @@ def retrain(project_dir: str = ".", overrides: list[str] | None = None) -> Retra
     metrics = evaluate_task(config, trained)
     version = register_task(config, data_version, trained, metrics, report)
     alias, reason = promote_task(config, version)
-    return RetrainSummary(data_version.version, metrics, version.name, version.version, alias, reason)
+    return RetrainSummary(data_version.version, metrics, version.name, version.version, alias, reason,
+                          report.summary, [check.headline for check in report.failures])

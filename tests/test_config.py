@@ -38,6 +38,11 @@ def test_params_hash_changes_with_any_value_and_only_then():
     ("train.epochs", "not of the form section.key=value"),
     ("split.seed=3", "edit it in params.yaml so that dvc.lock records it"),
     ("train.batch_size=0", "train.batch_size must be positive"),
+    ("audit.checks.duplicates.severity=fatal", "audit.checks.duplicates.severity must be one of error, warning"),
+    ("audit.checks.duplicates.max_share=1.5", "audit.checks.duplicates.max_share must be in [0, 1], got 1.5"),
+    ("audit.checks.text_chars.min=5000", "audit.checks.text_chars needs 0 <= min <= max, got min 5000 and max 2000"),
+    ("audit.bias.positive_label=5", "audit.bias.positive_label must be one of data.labels (0, 1), got 5"),
+    ("audit.checks.leakage={severity: warning}", "Missing key 'audit.checks.leakage.max_share'"),
 ])
 def test_bad_overrides_name_the_key_and_the_fix(override, message):
     with pytest.raises(ConfigError, match=None) as info:
