@@ -14,7 +14,9 @@ from prefect.cache_policies import NO_CACHE
 from pipeline import audit, gates, registry
 from pipeline.config import Config, load_config
 from pipeline.evaluation import evaluate_model
+from pipeline.errors import TunegateError
 from pipeline.lineage import git_commit
+from pipeline.methods import check_supported
 from pipeline.split import read_split, split_paths
 from pipeline.training import TrainResult, train_model
 from pipeline.versioning import DataVersion, reproduce_splits
@@ -54,11 +56,22 @@ def split_task(config: Config) -> DataVersion:
     return version
 
 
-@task(name="train", cache_policy=NO_CACHE)
+def _unless_user_error(task, task_run, state) -> bool:
+    # A crash may pass on a retry, which resumes from the last checkpoint; a bad config or model will not.
+    return not isinstance(state.data, TunegateError)
+
+
+@task(name="train", cache_policy=NO_CACHE, retry_condition_fn=_unless_user_error)
 def train_task(config: Config, data_version: DataVersion) -> TrainResult:
     paths = split_paths(config)
+    # Deterministic: a retry or a re-run with the same data and params finds its checkpoints here.
     output_dir = config.path(config.train.output_dir) / f"{data_version.version[:12]}-{config.params_hash()}"
-    return train_model(config, read_split(paths.train), read_split(paths.validation), output_dir)
+    trained = train_model(config, read_split(paths.train), read_split(paths.validation), output_dir)
+    if trained.resumed_from is not None:
+        get_run_logger().info("resumed from %s", trained.resumed_from)
+    get_run_logger().info("%s: best checkpoint at step %d, validation %s", trained.method, trained.best_step,
+                          trained.validation_metrics)
+    return trained
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
@@ -89,9 +102,10 @@ def promote_task(config: Config, version: registry.RegisteredVersion) -> tuple[s
 @flow(name="retrain")
 def retrain(project_dir: str = ".", overrides: list[str] | None = None) -> RetrainSummary:
     config = load_config(Path(project_dir), overrides or [])
+    check_supported(config.train)   # e.g. qlora without a GPU: stop before any work
     report = audit_task(config)
     data_version = split_task(config)
-    trained = train_task(config, data_version)
+    trained = train_task.with_options(retries=config.train.retries)(config, data_version)
     metrics = evaluate_task(config, trained)
     version = register_task(config, data_version, trained, metrics, report)
     alias, reason = promote_task(config, version)

@@ -19,10 +19,14 @@ import yaml
 from pipeline.errors import ConfigError
 
 PARAMS_FILE = "params.yaml"
-METHODS = ("full", "lora")
+# train.method -> a builder in pipeline/methods/ (METHOD_BUILDERS); this tuple is what params.yaml may name.
+METHODS = ("full", "freeze", "lora", "dora", "ia3", "prompt_tuning", "prefix_tuning", "qlora")
 PRECISIONS = ("auto", "bf16", "fp32")
 # error: a failed check stops the run; warning: it is reported and the run goes on.
 Severity = Literal["error", "warning"]
+SCHEDULERS = ("linear", "cosine", "constant_with_warmup")   # transformers SchedulerType names
+UNFREEZE_UNITS = ("steps", "epochs")
+QUANT_TYPES = ("nf4", "fp4")
 
 
 @dataclass(frozen=True)
@@ -120,11 +124,39 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class LayersConfig:
+    """full and freeze: which encoder layers train, at which learning rate, from when."""
+    freeze_lowest: int
+    lr_decay: float
+    unfreeze_every: int
+    unfreeze_unit: str
+
+
+@dataclass(frozen=True)
 class LoraConfig:
+    """lora, dora and qlora."""
     r: int
     alpha: int
     dropout: float
     target_modules: list[str]
+
+
+@dataclass(frozen=True)
+class QloraConfig:
+    quant_type: str
+    double_quant: bool
+
+
+@dataclass(frozen=True)
+class Ia3Config:
+    target_modules: list[str]
+    feedforward_modules: list[str]
+
+
+@dataclass(frozen=True)
+class VirtualTokensConfig:
+    """prompt_tuning and prefix_tuning."""
+    num_virtual_tokens: int
 
 
 @dataclass(frozen=True)
@@ -134,12 +166,30 @@ class TrainConfig:
     epochs: float
     batch_size: int
     eval_batch_size: int
-    learning_rate: float
+    learning_rate: dict[str, float]     # per method: each family trains at its own scale
     weight_decay: float
     warmup_ratio: float
+    lr_scheduler: str
+    max_grad_norm: float
+    eval_steps: int
+    save_steps: int
+    save_total_limit: int
+    best_metric: str
+    early_stopping_patience: int
+    logging_steps: int
+    retries: int
     precision: str
     output_dir: str
+    layers: LayersConfig
     lora: LoraConfig
+    qlora: QloraConfig
+    ia3: Ia3Config
+    prompt_tuning: VirtualTokensConfig
+    prefix_tuning: VirtualTokensConfig
+
+    @property
+    def method_learning_rate(self) -> float:
+        return self.learning_rate[self.method]
 
 
 @dataclass(frozen=True)
@@ -299,12 +349,7 @@ def _join(where: str, name: str) -> str:
 
 def _validate(config: Config) -> None:
     checks = [
-        (config.train.method in METHODS, f"train.method must be one of {', '.join(METHODS)}, got {config.train.method!r}."),
-        (config.train.precision in PRECISIONS, f"train.precision must be one of {', '.join(PRECISIONS)}, got {config.train.precision!r}."),
-        (config.train.epochs > 0, f"train.epochs must be positive, got {config.train.epochs}."),
-        (config.train.batch_size > 0, f"train.batch_size must be positive, got {config.train.batch_size}."),
-        (config.train.learning_rate > 0, f"train.learning_rate must be positive, got {config.train.learning_rate}."),
-        (0 <= config.train.warmup_ratio < 1, f"train.warmup_ratio must be in [0, 1), got {config.train.warmup_ratio}."),
+        *_train_checks(config.train),
         (0 < config.split.validation_fraction < 1, f"split.validation_fraction must be in (0, 1), got {config.split.validation_fraction}."),
         (0 < config.split.test_fraction < 1, f"split.test_fraction must be in (0, 1), got {config.split.test_fraction}."),
         (config.split.max_train_rows is None or config.split.max_train_rows > 0,
@@ -341,4 +386,50 @@ def _audit_checks(config: Config) -> list[tuple[bool, str]]:
         (bias.positive_label in config.data.labels,
          f"audit.bias.positive_label must be one of data.labels ({', '.join(map(str, config.data.labels))}), "
          f"got {bias.positive_label}."),
+    ]
+
+
+def _train_checks(train: TrainConfig) -> list[tuple[bool, str]]:
+    layers, lora, ia3 = train.layers, train.lora, train.ia3
+    unknown_lr = sorted(set(train.learning_rate) - set(METHODS))
+    return [
+        (train.method in METHODS, f"train.method must be one of {', '.join(METHODS)}, got {train.method!r}."),
+        (not unknown_lr, f"train.learning_rate has unknown method(s) {', '.join(unknown_lr)}; methods: {', '.join(METHODS)}."),
+        (train.method in train.learning_rate,
+         f"train.learning_rate has no rate for train.method={train.method}: add e.g. train.learning_rate.{train.method}: 1.0e-4."),
+        (all(lr > 0 for lr in train.learning_rate.values()), f"train.learning_rate values must be positive, got {train.learning_rate}."),
+        (train.precision in PRECISIONS, f"train.precision must be one of {', '.join(PRECISIONS)}, got {train.precision!r}."),
+        (train.epochs > 0, f"train.epochs must be positive, got {train.epochs}."),
+        (train.batch_size > 0, f"train.batch_size must be positive, got {train.batch_size}."),
+        (train.eval_batch_size > 0, f"train.eval_batch_size must be positive, got {train.eval_batch_size}."),
+        (train.weight_decay >= 0, f"train.weight_decay must be >= 0, got {train.weight_decay}."),
+        (0 <= train.warmup_ratio < 1, f"train.warmup_ratio must be in [0, 1), got {train.warmup_ratio}."),
+        (train.lr_scheduler in SCHEDULERS, f"train.lr_scheduler must be one of {', '.join(SCHEDULERS)}, got {train.lr_scheduler!r}."),
+        (train.max_grad_norm > 0, f"train.max_grad_norm must be positive, got {train.max_grad_norm}."),
+        (train.eval_steps > 0, f"train.eval_steps must be positive, got {train.eval_steps}."),
+        (train.save_steps > 0 and train.save_steps % train.eval_steps == 0,
+         f"train.save_steps must be a positive multiple of train.eval_steps ({train.eval_steps}), got {train.save_steps}: "
+         f"every checkpoint needs its validation score for the best one to be kept."),
+        (train.save_total_limit >= 1, f"train.save_total_limit must be at least 1, got {train.save_total_limit}."),
+        (train.early_stopping_patience >= 0, f"train.early_stopping_patience must be >= 0 (0: off), got {train.early_stopping_patience}."),
+        (train.logging_steps > 0, f"train.logging_steps must be positive, got {train.logging_steps}."),
+        (train.retries >= 0, f"train.retries must be >= 0, got {train.retries}."),
+        (layers.freeze_lowest >= 0, f"train.layers.freeze_lowest must be >= 0, got {layers.freeze_lowest}."),
+        (0 < layers.lr_decay <= 1, f"train.layers.lr_decay must be in (0, 1] (1: off), got {layers.lr_decay}."),
+        (layers.unfreeze_every >= 0, f"train.layers.unfreeze_every must be >= 0 (0: off), got {layers.unfreeze_every}."),
+        (layers.unfreeze_unit in UNFREEZE_UNITS,
+         f"train.layers.unfreeze_unit must be one of {', '.join(UNFREEZE_UNITS)}, got {layers.unfreeze_unit!r}."),
+        (lora.r > 0, f"train.lora.r must be positive, got {lora.r}."),
+        (lora.alpha > 0, f"train.lora.alpha must be positive, got {lora.alpha}."),
+        (0 <= lora.dropout < 1, f"train.lora.dropout must be in [0, 1), got {lora.dropout}."),
+        (bool(lora.target_modules), "train.lora.target_modules must name at least one module, e.g. [query, value]."),
+        (train.qlora.quant_type in QUANT_TYPES,
+         f"train.qlora.quant_type must be one of {', '.join(QUANT_TYPES)}, got {train.qlora.quant_type!r}."),
+        (bool(ia3.target_modules), "train.ia3.target_modules must name at least one module, e.g. [key, value, output.dense]."),
+        (set(ia3.feedforward_modules) <= set(ia3.target_modules),
+         f"train.ia3.feedforward_modules must be a subset of train.ia3.target_modules, got {ia3.feedforward_modules}."),
+        (train.prompt_tuning.num_virtual_tokens > 0,
+         f"train.prompt_tuning.num_virtual_tokens must be positive, got {train.prompt_tuning.num_virtual_tokens}."),
+        (train.prefix_tuning.num_virtual_tokens > 0,
+         f"train.prefix_tuning.num_virtual_tokens must be positive, got {train.prefix_tuning.num_virtual_tokens}."),
     ]

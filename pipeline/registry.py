@@ -12,6 +12,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from pipeline.config import Config
+from pipeline.modeling import base_model_requirements
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 PIPELINE_PACKAGE = Path(__file__).parent
@@ -126,7 +127,7 @@ def register_candidate(config: Config, candidate: Candidate) -> RegisteredVersio
             code_paths=[str(PIPELINE_PACKAGE)],
             model_config={"max_length": config.model.max_length},
             input_example=example,
-            pip_requirements=SERVING_REQUIREMENTS,
+            pip_requirements=SERVING_REQUIREMENTS + base_model_requirements(candidate.model_dir),
         )
         version = mlflow.register_model(info.model_uri, config.registry.model_name, tags=candidate.tags)
     client.update_model_version(version.name, version.version, description=_describe(candidate))

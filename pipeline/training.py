@@ -1,40 +1,33 @@
-"""Fine-tuning: one mapping from train.method to a model builder, and the transformers Trainer for the loop."""
+"""Fine-tuning: setup → train → save, one loop for every method, run by the transformers Trainer.
+
+train.method picks a builder (pipeline/methods/); everything else is the same for every method: seeded
+batches of similar lengths padded per batch, warm-up and decay, clipping, evaluation every eval_steps,
+early stopping, checkpoints every save_steps that a re-run resumes from, and the best checkpoint saved.
+"""
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
 import torch
 from datasets import Dataset
-from peft import LoraConfig as PeftLoraConfig
-from peft import PeftModel, TaskType, get_peft_model
-from transformers import (DataCollatorWithPadding, PreTrainedModel, PreTrainedTokenizerBase, Trainer,
-                          TrainingArguments, set_seed)
+from peft import PeftModel
+from transformers import (DataCollatorWithPadding, EarlyStoppingCallback, PreTrainedModel, PreTrainedTokenizerBase,
+                          Trainer, TrainerState, TrainingArguments, set_seed)
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from pipeline.config import Config, TrainConfig
+from pipeline.errors import ConfigError
 from pipeline.evaluation import compute_metrics
-from pipeline.modeling import load_classifier, load_tokenizer, resolve_model_path
+from pipeline.methods import METHOD_BUILDERS, check_supported
+from pipeline.modeling import load_tokenizer, resolve_model_path
 from pipeline.split import LABEL, TEXT
 
-ModelBuilder = Callable[[PreTrainedModel, TrainConfig], PreTrainedModel]
-
-
-def build_full(model: PreTrainedModel, train: TrainConfig) -> PreTrainedModel:
-    return model
-
-
-def build_lora(model: PreTrainedModel, train: TrainConfig) -> PreTrainedModel:
-    lora = train.lora
-    peft_config = PeftLoraConfig(task_type=TaskType.SEQ_CLS, r=lora.r, lora_alpha=lora.alpha,
-                                 lora_dropout=lora.dropout, target_modules=lora.target_modules)
-    return get_peft_model(model, peft_config)
-
-
-METHOD_BUILDERS: dict[str, ModelBuilder] = {"full": build_full, "lora": build_lora}
+TRAINER_STATE = "trainer_state.json"   # the Trainer writes it last: a checkpoint with it is complete
 
 
 @dataclass(frozen=True)
@@ -47,11 +40,13 @@ class TrainResult:
     train_samples_per_second: float
     precision: str
     validation_metrics: dict[str, float]
+    best_step: int
+    resumed_from: Path | None
 
     def as_metrics(self) -> dict[str, float]:
         return {"trainable_params": self.trainable_params, "total_params": self.total_params,
                 "train_seconds": self.train_seconds, "train_samples_per_second": self.train_samples_per_second,
-                **{f"validation_{k}": v for k, v in self.validation_metrics.items()}}
+                "best_step": self.best_step, **{f"validation_{k}": v for k, v in self.validation_metrics.items()}}
 
 
 def use_bf16(precision: str) -> bool:
@@ -82,65 +77,129 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     return trainable, sum(p.numel() for p in model.parameters())
 
 
-def train_model(config: Config, train_frame: pd.DataFrame, validation_frame: pd.DataFrame,
-                output_dir: Path) -> TrainResult:
-    """Fine-tune the base model with train.method; the best checkpoint on validation is saved to output_dir/model."""
-    train_cfg = config.train
-    set_seed(train_cfg.seed)
-    base_dir = resolve_model_path(config.model.base, config.project_dir)
-    tokenizer = load_tokenizer(base_dir)
-    model = METHOD_BUILDERS[train_cfg.method](load_classifier(base_dir, config.data.labels), train_cfg)
-    trainable, total = count_parameters(model)
-    bf16 = use_bf16(train_cfg.precision)
-
-    def trainer_metrics(eval_pred) -> dict[str, float]:
-        logits, labels = eval_pred
-        return compute_metrics(config.evaluate.metrics, np.argmax(logits, axis=-1), labels)
-
-    args = TrainingArguments(
-        output_dir=str(output_dir / "checkpoints"),
-        num_train_epochs=train_cfg.epochs,
-        per_device_train_batch_size=train_cfg.batch_size,
-        per_device_eval_batch_size=train_cfg.eval_batch_size,
-        learning_rate=train_cfg.learning_rate,
-        weight_decay=train_cfg.weight_decay,
-        warmup_steps=train_cfg.warmup_ratio,
+def training_arguments(train: TrainConfig, checkpoint_dir: Path, bf16: bool) -> TrainingArguments:
+    return TrainingArguments(
+        output_dir=str(checkpoint_dir),
+        num_train_epochs=train.epochs,
+        per_device_train_batch_size=train.batch_size,
+        per_device_eval_batch_size=train.eval_batch_size,
+        learning_rate=train.method_learning_rate,
+        weight_decay=train.weight_decay,
+        warmup_steps=train.warmup_ratio,          # a float in [0, 1) is a share of the steps
+        lr_scheduler_type=train.lr_scheduler,
+        max_grad_norm=train.max_grad_norm,
         bf16=bf16,
+        # Batches of similar lengths, padded to their longest (DataCollatorWithPadding): on short texts
+        # most of the compute of padding to max_length is spent on padding.
         train_sampling_strategy="group_by_length",
-        eval_strategy="epoch",
-        save_strategy="epoch",
-        save_total_limit=2,
+        eval_strategy="steps",
+        eval_steps=train.eval_steps,
+        save_strategy="steps",
+        save_steps=train.save_steps,
+        save_total_limit=train.save_total_limit,
         load_best_model_at_end=True,
-        metric_for_best_model="accuracy",
-        logging_steps=50,
-        seed=train_cfg.seed,
-        data_seed=train_cfg.seed,
+        metric_for_best_model=train.best_metric,
+        logging_steps=train.logging_steps,
+        seed=train.seed,
+        data_seed=train.seed,
         report_to="none",
         dataloader_pin_memory=torch.cuda.is_available(),
     )
+
+
+def last_checkpoint(checkpoint_dir: Path) -> Path | None:
+    """The newest complete checkpoint, if any: a run killed while saving leaves an incomplete one behind."""
+    complete = [path for path in checkpoint_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if (path / TRAINER_STATE).is_file()]
+    return max(complete, key=lambda path: int(path.name.rsplit("-", 1)[1]), default=None)
+
+
+def train_model(config: Config, train_frame: pd.DataFrame, validation_frame: pd.DataFrame,
+                output_dir: Path) -> TrainResult:
+    """Fine-tune the base model with train.method; the best checkpoint on validation is saved to output_dir/model.
+
+    Checkpoints go to output_dir/checkpoints; called again with the same output_dir (a retry, a re-run),
+    training resumes from the last one. output_dir must therefore identify the data and the params.
+    """
+    train_cfg = config.train
+    check_supported(train_cfg)
+    set_seed(train_cfg.seed)
+    base_dir = resolve_model_path(config.model.base, config.project_dir)
+    tokenizer = load_tokenizer(base_dir)
+    setup = METHOD_BUILDERS[train_cfg.method](base_dir, config.data.labels, train_cfg)
+    trainable, total = count_parameters(setup.model)
+    bf16 = use_bf16(train_cfg.precision)
+    args = training_arguments(train_cfg, output_dir / "checkpoints", bf16)
+
+    def trainer_metrics(eval_pred) -> dict[str, float]:
+        logits, labels = eval_pred
+        scores = compute_metrics(config.evaluate.metrics, np.argmax(logits, axis=-1), labels)
+        if train_cfg.best_metric not in {*scores, "loss"}:
+            raise ConfigError(f"train.best_metric is {train_cfg.best_metric!r}, which evaluate.metrics does not "
+                              f"compute; use one of: loss, {', '.join(scores)}.")
+        return scores
+
+    optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, setup.model)
+    early_stopping = [EarlyStoppingCallback(train_cfg.early_stopping_patience)] if train_cfg.early_stopping_patience else []
     trainer = Trainer(
-        model=model, args=args,
+        model=setup.model, args=args,
         train_dataset=tokenize(train_frame, tokenizer, config.model.max_length),
         eval_dataset=tokenize(validation_frame, tokenizer, config.model.max_length),
         data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=trainer_metrics,
+        callbacks=[*setup.callbacks, *early_stopping],
+        # the Trainer's own optimizer class and settings, with the method's parameter groups if it has any
+        optimizer_cls_and_kwargs=(optimizer_cls, {**optimizer_kwargs, "params": setup.param_groups})
+        if setup.param_groups else None,
     )
+    checkpoint = last_checkpoint(Path(args.output_dir))
+    first_step = TrainerState.load_from_json(str(checkpoint / TRAINER_STATE)).global_step if checkpoint else 0
     started = time.perf_counter()
-    output = trainer.train()
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     seconds = time.perf_counter() - started
-    # The best checkpoint's scores; runtime figures are not model metrics.
-    validation = {k.removeprefix("eval_"): v for k, v in trainer.evaluate().items()
-                  if k.startswith("eval_") and not k.endswith(("runtime", "per_second"))}
+    samples = samples_trained(len(train_frame), train_cfg.batch_size, first_step, trainer.state.global_step)
     model_dir = output_dir / "model"
-    save_for_serving(trainer.model, tokenizer, model_dir)
+    save_for_serving(trainer.model, tokenizer, model_dir, merge_adapter=setup.merge_adapter,
+                     base_model=config.model.base)
     return TrainResult(model_dir=model_dir, method=train_cfg.method, trainable_params=trainable, total_params=total,
-                       train_seconds=seconds, train_samples_per_second=output.metrics["train_samples_per_second"],
-                       precision="bf16" if bf16 else "fp32", validation_metrics=validation)
+                       train_seconds=seconds, train_samples_per_second=samples / seconds,
+                       precision="bf16" if bf16 else "fp32", validation_metrics=best_validation(trainer.state),
+                       best_step=trainer.state.best_global_step, resumed_from=checkpoint)
 
 
-def save_for_serving(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, model_dir: Path) -> None:
-    """A plain transformers directory (safetensors): adapters are merged into the base weights first."""
-    if isinstance(model, PeftModel):
-        model = model.merge_and_unload()
-    model.save_pretrained(model_dir)
+def samples_trained(rows: int, batch_size: int, first_step: int, last_step: int) -> int:
+    """Training rows seen between two optimizer steps; each epoch's last batch holds the remainder."""
+    steps_per_epoch = math.ceil(rows / batch_size)
+
+    def seen(step: int) -> int:
+        epochs, steps = divmod(step, steps_per_epoch)
+        return epochs * rows + min(steps * batch_size, rows)
+
+    return seen(last_step) - seen(first_step)
+
+
+def best_validation(state: TrainerState) -> dict[str, float]:
+    """The validation scores of the best checkpoint, as logged when it was evaluated (no second pass)."""
+    logged = next(entry for entry in state.log_history
+                  if entry.get("step") == state.best_global_step and "eval_loss" in entry)
+    return {key.removeprefix("eval_"): value for key, value in logged.items()
+            if key.startswith("eval_") and not key.endswith(("runtime", "per_second"))}
+
+
+def save_for_serving(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, model_dir: Path,
+                     merge_adapter: bool, base_model: str) -> None:
+    """safetensors, loadable by modeling.load_classifier either way: a whole model, or an adapter and its base.
+
+    Mergeable adapters are folded into the base weights first. Other adapters record the base model as
+    params.yaml named it (never a machine's path) and the classifier's config.json, for its labels.
+    """
+    if isinstance(model, PeftModel) and not merge_adapter:
+        base = model.get_base_model()
+        # by its params.yaml name everywhere: the adapter config, and peft's model card (README.md)
+        model.active_peft_config.base_model_name_or_path = base_model
+        base.name_or_path = base.config.name_or_path = base_model
+        base.config.save_pretrained(model_dir)
+        # the embeddings are the base model's (no method here trains them): not saved with the adapter
+        model.save_pretrained(model_dir, save_embedding_layers=False)
+    else:
+        (model.merge_and_unload() if isinstance(model, PeftModel) else model).save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)

@@ -18,9 +18,9 @@ def test_loads_repo_params_into_frozen_dataclasses():
 
 
 def test_overrides_are_parsed_as_yaml_values():
-    config = load_config(REPO, ["train.method=full", "train.epochs=2", "train.learning_rate=2e-5",
+    config = load_config(REPO, ["train.method=full", "train.epochs=2", "train.learning_rate.full=2e-5",
                                 "train.lora.target_modules=[query, value]"])
-    assert (config.train.method, config.train.epochs, config.train.learning_rate) == ("full", 2.0, 2e-5)
+    assert (config.train.method, config.train.epochs, config.train.method_learning_rate) == ("full", 2.0, 2e-5)
     assert config.train.lora.target_modules == ["query", "value"]
 
 
@@ -32,7 +32,7 @@ def test_params_hash_changes_with_any_value_and_only_then():
 
 @pytest.mark.parametrize("override, message", [
     ("train.epochs=two", "train.epochs must be float, got 'two'"),
-    ("train.method=bogus", "train.method must be one of full, lora"),
+    ("train.method=bogus", "train.method must be one of full, freeze, lora, dora, ia3, prompt_tuning, prefix_tuning, qlora"),
     ("train.epoch=2", "unknown key 'epoch'; known keys here:"),
     ("nosuch.key=1", "'nosuch' is not a section"),
     ("train.epochs", "not of the form section.key=value"),
@@ -43,6 +43,13 @@ def test_params_hash_changes_with_any_value_and_only_then():
     ("audit.checks.text_chars.min=5000", "audit.checks.text_chars needs 0 <= min <= max, got min 5000 and max 2000"),
     ("audit.bias.positive_label=5", "audit.bias.positive_label must be one of data.labels (0, 1), got 5"),
     ("audit.checks.leakage={severity: warning}", "Missing key 'audit.checks.leakage.max_share'"),
+    ("train.learning_rate={full: 1.0e-4}", "train.learning_rate has no rate for train.method=lora"),
+    ("train.save_steps=300", "train.save_steps must be a positive multiple of train.eval_steps (250), got 300"),
+    ("train.layers.lr_decay=1.5", "train.layers.lr_decay must be in (0, 1] (1: off), got 1.5"),
+    ("train.layers.unfreeze_unit=batches", "train.layers.unfreeze_unit must be one of steps, epochs"),
+    ("train.ia3.feedforward_modules=[query]", "train.ia3.feedforward_modules must be a subset of train.ia3.target_modules"),
+    ("train.prompt_tuning.num_virtual_tokens=0", "train.prompt_tuning.num_virtual_tokens must be positive"),
+    ("train.qlora.quant_type=int3", "train.qlora.quant_type must be one of nf4, fp4"),
 ])
 def test_bad_overrides_name_the_key_and_the_fix(override, message):
     with pytest.raises(ConfigError, match=None) as info:

