@@ -27,23 +27,23 @@ class DataVersion:
 
 
 @contextmanager
-def _stage_environment(project_dir: Path) -> Iterator[None]:
-    # dvc.yaml's commands call `python`: make it this interpreter, venv activated or not.
-    # DVC resolves targets and stage paths against the working directory: work from the project's.
-    old_path, old_cwd = os.environ.get("PATH", ""), os.getcwd()
-    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{old_path}"
+def _in_project(project_dir: Path) -> Iterator[None]:
+    # DVC resolves targets and runs stage commands relative to the cwd, and dvc.yaml's
+    # commands call `python`: run in the project, with this interpreter first on PATH.
+    old_cwd, old_path = Path.cwd(), os.environ.get("PATH", "")
     os.chdir(project_dir)
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{old_path}"
     try:
         yield
     finally:
-        os.environ["PATH"] = old_path
         os.chdir(old_cwd)
+        os.environ["PATH"] = old_path
 
 
 def reproduce_splits(project_dir: Path) -> DataVersion:
     """`dvc repro split` (a no-op when data and params are unchanged), push to the default remote, read dvc.lock."""
     try:
-        with _stage_environment(project_dir), Repo(str(project_dir)) as repo:
+        with _in_project(project_dir), Repo(str(project_dir)) as repo:
             repo.reproduce(SPLIT_STAGE)
             if repo.config["core"].get("remote"):
                 repo.push()
