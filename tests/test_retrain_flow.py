@@ -104,9 +104,10 @@ def _latin1(path):
 
 @pytest.mark.parametrize("break_file, error, message", [
     (_rewrite(lambda f: f.drop(columns=["sentence"])), AuditFailed, "column 'sentence' is missing"),
-    (_rewrite(lambda f: f.assign(label=["3"] + list(f["label"][1:]))), AuditFailed,
-     "error: data/raw/sst2/train.tsv: label_in_set (label): 1 row(s) (0.25%) are outside the label set ['0', '1']; "
-     "e.g. row 1: '3'"),
+    (_rewrite(lambda f: f.assign(label=["positive"] + list(f["label"][1:]))), AuditFailed,
+     "error: data/raw/sst2/train.tsv: label_type (label): 1 row(s) (0.25%) are not integers; e.g. row 1: 'positive'"
+     "\n  error: data/raw/sst2/train.tsv: label_in_set (label): 1 row(s) (0.25%) are outside the label set "
+     "['0', '1']; e.g. row 1: 'positive'"),
     (_latin1, DataError, "train.tsv: not UTF-8 text: byte 0xe9 at line 402, column 4"),
 ])
 def test_bad_data_stops_the_run_at_the_audit_and_registers_nothing(tmp_path, break_file, error, message):
