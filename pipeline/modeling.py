@@ -1,6 +1,7 @@
 """The model hub: the one place that finds and loads base models and tokenizers, from local paths only."""
 from __future__ import annotations
 
+import hashlib
 import importlib
 from pathlib import Path
 
@@ -46,3 +47,20 @@ def load_classifier(model_dir: Path, labels: dict[int, str] | None = None) -> Pr
         return AutoModelForSequenceClassification.from_pretrained(model_dir, **kwargs)
     except (OSError, ValueError) as exc:
         raise ModelError(f"Cannot load a sequence classifier from {model_dir}: {exc}") from exc
+
+
+WEIGHT_FILES = ("*.safetensors", "*.bin")
+
+
+def weights_sha256(model_dir: Path) -> str:
+    """A hash of a model directory's weight files: equal hashes, equal weights."""
+    files = sorted(path for pattern in WEIGHT_FILES for path in Path(model_dir).glob(pattern))
+    if not files:
+        raise ModelError(f"No weight files ({', '.join(WEIGHT_FILES)}) in {model_dir}.")
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode())
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()

@@ -7,12 +7,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import pandas as pd
 import torch
 from datasets import Dataset
 from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, TaskType, get_peft_model
+from scipy.special import softmax
 from transformers import (DataCollatorWithPadding, PreTrainedModel, PreTrainedTokenizerBase, Trainer,
                           TrainingArguments, set_seed)
 
@@ -96,7 +96,7 @@ def train_model(config: Config, train_frame: pd.DataFrame, validation_frame: pd.
 
     def trainer_metrics(eval_pred) -> dict[str, float]:
         logits, labels = eval_pred
-        return compute_metrics(config.evaluate.metrics, np.argmax(logits, axis=-1), labels)
+        return compute_metrics(config.evaluate, softmax(logits, axis=-1), labels)
 
     args = TrainingArguments(
         output_dir=str(output_dir / "checkpoints"),

@@ -38,6 +38,14 @@ def test_params_hash_changes_with_any_value_and_only_then():
     ("train.epochs", "not of the form section.key=value"),
     ("split.seed=3", "edit it in params.yaml so that dvc.lock records it"),
     ("train.batch_size=0", "train.batch_size must be positive"),
+    ("gates.max_forgetting=-0.1", "gates.max_forgetting must be 0 or more, or null to skip the gate"),
+    ("gates.max_bias_gap=2", "gates.max_bias_gap must be in [0, 1], or null to skip the gate"),
+    ("evaluate.metric_options={ece2: {n_bins: 3}}", "evaluate.metric_options.ece2: 'ece2' is not in evaluate.metrics"),
+    ("evaluate.counterfactual.attributes.gender.groups=[female]",
+     "evaluate.counterfactual.attributes.gender.groups must name exactly two groups"),
+    ("evaluate.counterfactual.positive_label=3", "evaluate.counterfactual.positive_label must be one of data.labels"),
+    ("evaluate.earlier_tasks=[{name: stsb, path: a.tsv, text_column: t, label_column: l}]",
+     "evaluate.general and evaluate.earlier_tasks need distinct names"),
 ])
 def test_bad_overrides_name_the_key_and_the_fix(override, message):
     with pytest.raises(ConfigError, match=None) as info:
