@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pipeline  # noqa: F401  (sets the offline/quiet environment before the libraries load)
-from pipeline import gates, registry
+from pipeline import gates
 from pipeline.config import load_config
 from pipeline.errors import DataError, TunegateError
 
@@ -27,10 +27,15 @@ def _parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="evaluate a registered version or a local model directory")
     evaluate.add_argument("model", metavar="MODEL_URI",
                           help="models:/NAME/VERSION, models:/NAME@ALIAS, or a local transformers model directory")
+    audit = commands.add_parser("audit", help="audit one data file with params.yaml's columns, labels and checks; "
+                                              "exit 1 if an error-severity check fails")
+    audit.add_argument("path", type=Path, help="a CSV, TSV, Parquet or JSON Lines file")
     return parser
 
 
 def _models(project_dir: Path) -> str:
+    from pipeline import registry   # here, not at the top: MLflow takes seconds to import
+
     config = load_config(project_dir)
     rows = registry.list_versions(config)
     if not rows:
@@ -46,6 +51,7 @@ def _models(project_dir: Path) -> str:
 
 
 def _evaluate(project_dir: Path, model_uri: str) -> str:
+    from pipeline import registry
     from pipeline.evaluation import evaluate_model
     from pipeline.split import read_split, split_paths
 
@@ -88,6 +94,13 @@ def main(argv: list[str] | None = None) -> int:
             print(_models(args.project_dir))
         elif args.command == "evaluate":
             print(_evaluate(args.project_dir, args.model))
+        elif args.command == "audit":
+            from pipeline.audit import audit_file
+            from pipeline.audit_report import as_text
+
+            report = audit_file(load_config(args.project_dir), args.path.resolve())
+            print(as_text(report))
+            return 0 if report.passed else 1
     except TunegateError as exc:
         print(f"tunegate: error: {exc}", file=sys.stderr)
         return 1

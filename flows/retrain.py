@@ -29,11 +29,14 @@ class RetrainSummary:
     version: str
     alias: str
     reason: str
+    audit: str
+    audit_failures: list[str]     # failed warning-level checks; a failed error-level check stops the run
 
     def __str__(self) -> str:
         names = gates.gated_metrics(self.metrics)
         width = max(len(name) for name in names)
-        lines = [f"{'data version':<{width}} {self.data_version}"]
+        lines = [f"{'audit':<{width}} {self.audit}", *(f"  {failure}" for failure in self.audit_failures),
+                 f"{'data version':<{width}} {self.data_version}"]
         lines += [f"{name:<{width}} {self.metrics[name]:.4f}" for name in names]
         lines += [f"{'report':<{width}} {self.report}",
                   f"{'registered':<{width}} {self.model_name} version {self.version}",
@@ -78,7 +81,7 @@ def register_task(config: Config, data_version: DataVersion, trained: TrainResul
             **data_version.as_tags()}
     candidate = registry.Candidate(model_dir=trained.model_dir, params=config.as_dict(),
                                    metrics={**trained.as_metrics(), **evaluation.metrics}, tags=tags,
-                                   artifacts=[report.path, *evaluation.artifacts])
+                                   artifacts=[report.json_path, report.html_path, *evaluation.artifacts])
     return registry.register_candidate(config, candidate)
 
 
@@ -100,4 +103,4 @@ def retrain(project_dir: str = ".", overrides: list[str] | None = None) -> Retra
     version = register_task(config, data_version, trained, evaluation, report)
     alias, reason = promote_task(config, version)
     return RetrainSummary(data_version.version, evaluation.metrics, evaluation.path, version.name, version.version,
-                          alias, reason)
+                          alias, reason, report.summary, [check.headline for check in report.failures])

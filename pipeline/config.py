@@ -21,6 +21,8 @@ from pipeline.errors import ConfigError
 PARAMS_FILE = "params.yaml"
 METHODS = ("full", "lora")
 PRECISIONS = ("auto", "bf16", "fp32")
+# error: a failed check stops the run; warning: it is reported and the run goes on.
+Severity = Literal["error", "warning"]
 
 
 @dataclass(frozen=True)
@@ -47,8 +49,68 @@ class SplitConfig:
 
 
 @dataclass(frozen=True)
+class Check:
+    """One audit check's settings: its severity and, in the subclasses, its threshold."""
+    severity: Severity
+
+
+@dataclass(frozen=True)
+class LengthCheck(Check):
+    min: int
+    max: int
+
+
+@dataclass(frozen=True)
+class MaxShareCheck(Check):
+    max_share: float
+
+
+@dataclass(frozen=True)
+class MinShareCheck(Check):
+    min_share: float
+
+
+@dataclass(frozen=True)
+class MinRowsCheck(Check):
+    min_rows: int
+
+
+@dataclass(frozen=True)
+class MaxGapCheck(Check):
+    max_gap: float
+
+
+@dataclass(frozen=True)
+class AuditChecks:
+    columns: Check
+    text_type: Check
+    label_type: Check
+    not_null: Check
+    text_not_blank: Check
+    label_in_set: Check
+    text_chars: LengthCheck
+    truncated: MaxShareCheck
+    duplicates: MaxShareCheck
+    conflicting_labels: MaxShareCheck
+    class_balance: MinShareCheck
+    rows_per_class: MinRowsCheck
+    leakage: MaxShareCheck
+
+
+@dataclass(frozen=True)
+class BiasConfig:
+    lexicon: str | None
+    positive_label: int
+    min_slice_rows: int
+    representation: MinShareCheck
+    positive_rate_gap: MaxGapCheck
+
+
+@dataclass(frozen=True)
 class AuditConfig:
     report_dir: str
+    checks: AuditChecks
+    bias: BiasConfig
 
 
 @dataclass(frozen=True)
@@ -108,7 +170,6 @@ class CounterfactualConfig:
     text_column: str
     pair_by: list[str]
     attributes: dict[str, CounterfactualAttribute]
-    positive_label: int
     alpha: float
 
 
@@ -291,10 +352,36 @@ def _validate(config: Config) -> None:
         (0 <= config.gates.min_accuracy <= 1, f"gates.min_accuracy must be in [0, 1], got {config.gates.min_accuracy}."),
         (config.model.max_length > 0, f"model.max_length must be positive, got {config.model.max_length}."),
         *_evaluate_checks(config),
+        *_audit_checks(config),
     ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+
+
+def _audit_checks(config: Config) -> list[tuple[bool, str]]:
+    checks, bias = config.audit.checks, config.audit.bias
+    shares = {
+        "audit.checks.truncated.max_share": checks.truncated.max_share,
+        "audit.checks.duplicates.max_share": checks.duplicates.max_share,
+        "audit.checks.conflicting_labels.max_share": checks.conflicting_labels.max_share,
+        "audit.checks.class_balance.min_share": checks.class_balance.min_share,
+        "audit.checks.leakage.max_share": checks.leakage.max_share,
+        "audit.bias.representation.min_share": bias.representation.min_share,
+        "audit.bias.positive_rate_gap.max_gap": bias.positive_rate_gap.max_gap,
+    }
+    chars = checks.text_chars
+    return [
+        *((0 <= value <= 1, f"{key} must be in [0, 1], got {value}.") for key, value in shares.items()),
+        (0 <= chars.min <= chars.max,
+         f"audit.checks.text_chars needs 0 <= min <= max, got min {chars.min} and max {chars.max}."),
+        (checks.rows_per_class.min_rows >= 0,
+         f"audit.checks.rows_per_class.min_rows must be 0 or more, got {checks.rows_per_class.min_rows}."),
+        (bias.min_slice_rows > 0, f"audit.bias.min_slice_rows must be positive, got {bias.min_slice_rows}."),
+        (bias.positive_label in config.data.labels,
+         f"audit.bias.positive_label must be one of data.labels ({', '.join(map(str, config.data.labels))}), "
+         f"got {bias.positive_label}."),
+    ]
 
 
 def _evaluate_checks(config: Config) -> list[tuple[bool, str]]:
@@ -316,9 +403,6 @@ def _evaluate_checks(config: Config) -> list[tuple[bool, str]]:
     if counterfactual is not None:
         checks += [
             (0 < counterfactual.alpha < 1, f"evaluate.counterfactual.alpha must be in (0, 1), got {counterfactual.alpha}."),
-            (counterfactual.positive_label in config.data.labels,
-             f"evaluate.counterfactual.positive_label must be one of data.labels "
-             f"({', '.join(map(str, config.data.labels))}), got {counterfactual.positive_label}."),
             *((len(attribute.groups) == 2,
                f"evaluate.counterfactual.attributes.{name}.groups must name exactly two groups, got {attribute.groups}.")
               for name, attribute in counterfactual.attributes.items()),

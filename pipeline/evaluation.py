@@ -173,7 +173,7 @@ def counterfactual_suite(config: Config, model: PreTrainedModel, tokenizer: PreT
     model_bias.check_columns(frame, counterfactual, str(path))
     probs = predict_proba(model, tokenizer, frame[counterfactual.text_column].tolist(), config.model.max_length,
                           config.evaluate.batch_size)
-    positive = config.data.label_values.index(counterfactual.positive_label)
+    positive = config.data.label_values.index(config.audit.bias.positive_label)
     return model_bias.counterfactual_gaps(frame, probs[:, positive], counterfactual)
 
 

@@ -36,6 +36,12 @@ def load_tokenizer(model_dir: Path) -> PreTrainedTokenizerBase:
     return AutoTokenizer.from_pretrained(model_dir)
 
 
+def count_tokens(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[int]:
+    """Tokens per text, special tokens included, before truncation: what training cuts at model.max_length."""
+    encoded = tokenizer(texts, return_attention_mask=False, return_token_type_ids=False, verbose=False)
+    return [len(ids) for ids in encoded["input_ids"]]
+
+
 def load_classifier(model_dir: Path, labels: dict[int, str] | None = None) -> PreTrainedModel:
     """A sequence classifier; with labels, a fresh head for them (the base model's own head, if any, is replaced)."""
     kwargs = {}

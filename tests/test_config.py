@@ -43,9 +43,13 @@ def test_params_hash_changes_with_any_value_and_only_then():
     ("evaluate.metric_options={ece2: {n_bins: 3}}", "evaluate.metric_options.ece2: 'ece2' is not in evaluate.metrics"),
     ("evaluate.counterfactual.attributes.gender.groups=[female]",
      "evaluate.counterfactual.attributes.gender.groups must name exactly two groups"),
-    ("evaluate.counterfactual.positive_label=3", "evaluate.counterfactual.positive_label must be one of data.labels"),
     ("evaluate.earlier_tasks=[{name: stsb, path: a.tsv, text_column: t, label_column: l}]",
      "evaluate.general and evaluate.earlier_tasks need distinct names"),
+    ("audit.checks.duplicates.severity=fatal", "audit.checks.duplicates.severity must be one of error, warning"),
+    ("audit.checks.duplicates.max_share=1.5", "audit.checks.duplicates.max_share must be in [0, 1], got 1.5"),
+    ("audit.checks.text_chars.min=5000", "audit.checks.text_chars needs 0 <= min <= max, got min 5000 and max 2000"),
+    ("audit.bias.positive_label=5", "audit.bias.positive_label must be one of data.labels (0, 1), got 5"),
+    ("audit.checks.leakage={severity: warning}", "Missing key 'audit.checks.leakage.max_share'"),
 ])
 def test_bad_overrides_name_the_key_and_the_fix(override, message):
     with pytest.raises(ConfigError, match=None) as info:

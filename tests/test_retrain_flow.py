@@ -14,7 +14,7 @@ import yaml
 from flows.retrain import retrain
 from pipeline import registry
 from pipeline.config import load_config
-from pipeline.errors import AuditFailed
+from pipeline.errors import AuditFailed, DataError
 from tests.conftest import make_project, small_params
 
 
@@ -43,9 +43,19 @@ def test_first_run_registers_a_champion_with_lineage(trained_project):
     assert version.tags["params_hash"] == config.params_hash()
     assert version.tags["promotion_decision"] == "champion"
     run = client.get_run(version.run_id)
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "reports")} == {"reports/audit.json",
+                                                                                   "reports/audit.html"}
     assert run.data.params["train.method"] == "lora"
     assert run.data.metrics["test_accuracy"] == pytest.approx(first.metrics["test_accuracy"])
     assert 0 < run.data.metrics["trainable_params"] < run.data.metrics["total_params"]
+
+
+def test_summary_prints_the_audit_verdict_and_its_warnings(trained_project):
+    project, first, _ = trained_project
+    lines = str(first).splitlines()
+    assert lines[0] == f"audit          {first.audit}" and first.audit.startswith("passed, ")
+    assert first.audit_failures and all(line.startswith("warning: data/raw/sst2/") for line in first.audit_failures)
+    assert lines[1:1 + len(first.audit_failures)] == [f"  {line}" for line in first.audit_failures]
 
 
 def test_champion_loads_and_predicts_label_names(trained_project):
@@ -82,15 +92,27 @@ def test_models_command_prints_versions_aliases_and_metrics(trained_project):
     assert f"{first.metrics['test_accuracy']:.4f}" in lines[2]
 
 
-@pytest.mark.parametrize("break_file, message", [
-    (lambda f: f.drop(columns=["sentence"]), "column 'sentence' is missing"),
-    (lambda f: f.assign(label=["3"] + list(f["label"][1:])), "outside the label set ['0', '1']: ['3'] at data rows [1]"),
+def _rewrite(change):
+    def rewrite(path):
+        change(pd.read_csv(path, sep="\t", dtype=str)).to_csv(path, sep="\t", index=False)
+    return rewrite
+
+
+def _latin1(path):
+    path.write_bytes(path.read_bytes() + "caf\u00e9 cr\u00e8me\t1\n".encode("latin-1"))
+
+
+@pytest.mark.parametrize("break_file, error, message", [
+    (_rewrite(lambda f: f.drop(columns=["sentence"])), AuditFailed, "column 'sentence' is missing"),
+    (_rewrite(lambda f: f.assign(label=["3"] + list(f["label"][1:]))), AuditFailed,
+     "error: data/raw/sst2/train.tsv: label_in_set (label): 1 row(s) (0.25%) are outside the label set ['0', '1']; "
+     "e.g. row 1: '3'"),
+    (_latin1, DataError, "train.tsv: not UTF-8 text: byte 0xe9 at line 402, column 4"),
 ])
-def test_bad_data_stops_the_run_at_the_audit_and_registers_nothing(tmp_path, break_file, message):
+def test_bad_data_stops_the_run_at_the_audit_and_registers_nothing(tmp_path, break_file, error, message):
     project = make_project(tmp_path / "project", small_params())
-    train = project / "data/raw/sst2/train.tsv"
-    break_file(pd.read_csv(train, sep="\t", dtype=str)).to_csv(train, sep="\t", index=False)
-    with pytest.raises(AuditFailed, match="Data audit failed") as info:
+    break_file(project / "data/raw/sst2/train.tsv")
+    with pytest.raises(error) as info:
         retrain(str(project))
     assert message in str(info.value)
     assert not (project / "dvc.lock").exists()
