@@ -2,7 +2,8 @@
 
 Every number a promotion gate reads comes from `evaluate_model`, under stable names:
 test_<metric>, earlier_<task>_<metric>, general_<benchmark>_<score>, forgetting_<benchmark>,
-retained_<benchmark>, <corpus>_<attribute>_gap / _p_value / _<group>_mean.
+retained_<benchmark>, <corpus>_<attribute>_gap / _p_value / _<group>_mean,
+group_<category>_dp_difference / _eo_difference and their largest, group_dp_difference / group_eo_difference.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import torch
 from sklearn.metrics import confusion_matrix
 from transformers import BatchEncoding, PreTrainedModel, PreTrainedTokenizerBase
 
-from pipeline import general, model_bias
+from pipeline import bias, general, model_bias
 from pipeline.config import Config, EvaluateConfig
 from pipeline.data import read_table
 from pipeline.errors import ConfigError, DataError
@@ -177,6 +178,16 @@ def counterfactual_suite(config: Config, model: PreTrainedModel, tokenizer: PreT
     return model_bias.counterfactual_gaps(frame, probs[:, positive], counterfactual)
 
 
+def group_suite(config: Config, frame: pd.DataFrame, probs: np.ndarray) -> list[model_bias.CategoryGroups]:
+    """Group metrics on the identity slices of a split, found with the audit's lexicon and settings."""
+    settings = config.audit.bias
+    lexicon = bias.load_lexicon(config.path(settings.lexicon) if settings.lexicon else None)
+    positive = config.data.label_values.index(settings.positive_label)
+    return model_bias.group_metrics(bias.find_mentions(frame[TEXT], lexicon),
+                                    (frame[LABEL] == settings.positive_label).to_numpy(),
+                                    probs.argmax(axis=1) == positive, settings.min_slice_rows)
+
+
 def evaluate_model(config: Config, model_dir: Path, test_frame: pd.DataFrame, report_dir: Path) -> EvaluationReport:
     """Evaluate a saved classifier on everything params.yaml's evaluate section lists; write the report."""
     paths = benchmark_files(config)
@@ -199,6 +210,9 @@ def evaluate_model(config: Config, model_dir: Path, test_frame: pd.DataFrame, re
         "task": {"rows": len(test_frame), "labels": config.data.labels,
                  "confusion_matrix": confusion_matrix(labels, probs.argmax(axis=1),
                                                       labels=config.data.label_values).tolist()}}
+    groups = group_suite(config, test_frame, probs)
+    metrics |= model_bias.group_summary_metrics(groups)
+    details["groups"] = {"min_rows": config.audit.bias.min_slice_rows, "categories": [g.as_dict() for g in groups]}
     lap("task")
     metrics |= earlier_task_scores(config, model, tokenizer, paths)
     lap("earlier_tasks")

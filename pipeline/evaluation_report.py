@@ -54,6 +54,25 @@ def plot_counterfactual(counterfactual: dict[str, Any], path: Path) -> None:
     _save(figure, path)
 
 
+def plot_groups(categories: list[dict[str, Any]], path: Path) -> None:
+    compared = [c for c in categories if c["by_group"]]
+    figure, panels = plt.subplots(1, len(compared), figsize=(3.6 * len(compared), 3.5), squeeze=False)
+    for axes, category in zip(panels[0], compared):
+        names = list(category["by_group"])
+        x = np.arange(len(names))
+        for offset, metric in ((-0.2, "accuracy"), (0.2, "selection_rate")):
+            bars = axes.bar(x + offset, [category["by_group"][n][metric] for n in names], width=0.4,
+                            label=metric.replace("_", " "))
+            axes.bar_label(bars, fmt="%.2f", fontsize=7)
+        axes.set_xticks(x, [f"{n}\n({category['rows'][n]} rows)" for n in names], fontsize=8)
+        axes.set_ylim(0, 1.15)
+        axes.set_title(f"{category['category']}: DP diff {category['dp_difference']:.3f}, "
+                       f"EO diff {category['eo_difference']:.3f}", fontsize=9)
+    panels[0][0].legend(loc="upper center", ncols=2, fontsize=8)
+    figure.suptitle("Test split by identity group", fontsize=10)
+    _save(figure, path)
+
+
 def _save(figure: plt.Figure, path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
@@ -77,6 +96,8 @@ def write_report(report_dir: Path, metrics: dict[str, float], details: dict[str,
     plots = {"confusion_matrix.png": (plot_confusion_matrix, details["task"])}
     if details.get("general"):
         plots["general_base_vs_candidate.png"] = (plot_general, details["general"])
+    if any(c["by_group"] for c in details["groups"]["categories"]):
+        plots["groups.png"] = (plot_groups, details["groups"]["categories"])
     if details.get("counterfactual"):
         plots["counterfactual_groups.png"] = (plot_counterfactual, details["counterfactual"])
     images = []

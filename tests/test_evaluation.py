@@ -18,7 +18,7 @@ from pipeline.config import load_config
 from pipeline.errors import ConfigError, DataError
 from pipeline.evaluation import (base_general_scores, benchmark_files, compute_metrics, evaluate_model,
                                  general_scores)
-from pipeline.model_bias import counterfactual_gaps, counterfactual_metrics
+from pipeline.model_bias import counterfactual_gaps, counterfactual_metrics, group_metrics, group_summary_metrics
 from pipeline.modeling import load_classifier, load_tokenizer, resolve_model_path
 from pipeline.split import LABEL, TEXT
 from tests.conftest import REPO, small_params, write_benchmark_slices, write_sst2_slice
@@ -138,6 +138,28 @@ def test_identical_probabilities_give_no_gap_and_no_p_value():
     assert math.isnan(gender.p_value) and not gender.significant
 
 
+def test_group_metrics_match_a_hand_computed_case():
+    # Rows 0-3 mention women, 4-7 men, 8 both (left out of gender), 9 a religion group too small to compare.
+    w, m = [True] * 4 + [False] * 4 + [True, False], [False] * 4 + [True] * 4 + [True, False]
+    mentions = pd.DataFrame({("gender", "women"): w, ("gender", "men"): m,
+                             ("religion", "muslim"): [False] * 9 + [True], ("religion", "jewish"): [False] * 10})
+    true_positive = np.array([1, 1, 0, 0, 1, 1, 0, 0, 1, 0])
+    predicted_positive = np.array([1, 0, 0, 0, 1, 1, 0, 0, 0, 1])
+    gender, religion = group_metrics(mentions, true_positive, predicted_positive, min_rows=4)
+
+    assert gender.rows == {"women": 4, "men": 4}
+    # women: right on rows 0, 2, 3; one positive prediction; TPR 1/2, FPR 0.
+    # men: all right; two positive predictions; TPR 1, FPR 0.
+    assert gender.by_group == {"women": {"accuracy": 0.75, "selection_rate": 0.25},   # exact in binary
+                               "men": {"accuracy": 1.0, "selection_rate": 0.5}}
+    assert gender.dp_difference == pytest.approx(0.25)          # |0.25 - 0.5|
+    assert gender.eo_difference == pytest.approx(0.5)           # max(|1/2 - 1|, |0 - 0|)
+    assert religion.rows == {"muslim": 1} and religion.dp_difference is None and religion.by_group == {}
+    assert group_summary_metrics([gender, religion]) == pytest.approx({
+        "group_gender_dp_difference": 0.25, "group_gender_eo_difference": 0.5,
+        "group_dp_difference": 0.25, "group_eo_difference": 0.5})
+
+
 def project_with(tmp_path: Path, **evaluate: object) -> Path:
     params = small_params(evaluate=evaluate)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -195,9 +217,9 @@ def test_the_whole_suite_on_the_base_model_reports_no_forgetting(tmp_path):
     project = project_with(tmp_path, earlier_tasks=[{"name": "dev", "path": "data/raw/sst2/dev.tsv",
                                                      "text_column": "sentence", "label_column": "label"}])
     write_sst2_slice(project / "data/raw/sst2")
-    config = load_config(project)
-    test = pd.read_csv(project / "data/raw/sst2/test.tsv", sep="\t").rename(
-        columns={"sentence": TEXT, "label": LABEL}).head(40)
+    # The 200 test rows of the slice mention men 17 times and women 3 times (alone): compare groups of 3.
+    config = load_config(project, ["audit.bias.min_slice_rows=3"])
+    test = pd.read_csv(project / "data/raw/sst2/test.tsv", sep="\t").rename(columns={"sentence": TEXT, "label": LABEL})
     report = evaluate_model(config, resolve_model_path(config.model.base), test, tmp_path / "report")
 
     metrics = report.metrics
@@ -209,11 +231,17 @@ def test_the_whole_suite_on_the_base_model_reports_no_forgetting(tmp_path):
     assert 0 <= metrics["earlier_dev_accuracy"] <= 1 and "earlier_dev_ece" in metrics
 
     saved = json.loads(report.path.read_text())
-    assert np.array(saved["task"]["confusion_matrix"]).sum() == 40
+    assert np.array(saved["task"]["confusion_matrix"]).sum() == 200
+    gender = saved["groups"]["categories"][0]
+    assert gender["category"] == "gender" and gender["rows"] == {"men": 17, "women": 3}
+    assert set(gender["by_group"]) == {"men", "women"}
+    assert metrics["group_gender_dp_difference"] == metrics["group_dp_difference"] == pytest.approx(
+        abs(gender["by_group"]["men"]["selection_rate"] - gender["by_group"]["women"]["selection_rate"]))
     assert saved["general"]["stsb"]["base"] == pytest.approx(saved["general"]["stsb"]["candidate"], abs=1e-6)
     assert [a["pairs"] for a in saved["counterfactual"]["attributes"]] == [6, 4]
     assert {p.name for p in report.artifacts} == {"evaluation.json", "evaluation.html", "confusion_matrix.png",
-                                                  "general_base_vs_candidate.png", "counterfactual_groups.png"}
+                                                  "groups.png", "general_base_vs_candidate.png",
+                                                  "counterfactual_groups.png"}
     html = (tmp_path / "report/evaluation.html").read_text()
-    assert html.count("data:image/png;base64,") == 3
+    assert html.count("data:image/png;base64,") == 4
     assert f"{metrics['eec_gender_gap']:.4f}" in html and f"{metrics['test_accuracy']:.4f}" in html
