@@ -402,9 +402,11 @@ def _evaluate_checks(config: Config) -> list[tuple[bool, str]]:
     counterfactual = evaluate.counterfactual
     if counterfactual is not None:
         checks += [
-            (0 < counterfactual.alpha < 1, f"evaluate.counterfactual.alpha must be in (0, 1), got {counterfactual.alpha}."),
+            (0 < counterfactual.alpha < 1,
+             f"evaluate.counterfactual.alpha must be in (0, 1), got {counterfactual.alpha}."),
             *((len(attribute.groups) == 2,
-               f"evaluate.counterfactual.attributes.{name}.groups must name exactly two groups, got {attribute.groups}.")
+               f"evaluate.counterfactual.attributes.{name}.groups must name exactly two groups, "
+               f"got {attribute.groups}.")
               for name, attribute in counterfactual.attributes.items()),
         ]
     return checks

@@ -49,9 +49,11 @@ def _at_most(candidate: dict[str, float], names: list[str], limit: float | None,
         return [(None, f"{what} not gated ({key} is null)")]
     if not names:
         return [(None, f"{what} not measured")]
-    return [(candidate[name] <= limit,
-             f"{name.replace('_', ' ')} {candidate[name]:.4f} {'≤' if candidate[name] <= limit else '>'} max {limit:.4f}")
-            for name in names]
+    outcomes: list[Outcome] = []
+    for name in names:
+        ok = candidate[name] <= limit
+        outcomes.append((ok, f"{name.replace('_', ' ')} {candidate[name]:.4f} {'≤' if ok else '>'} max {limit:.4f}"))
+    return outcomes
 
 
 def decide(candidate: dict[str, float], champion: dict[str, float] | None, gates: GatesConfig) -> Decision:

@@ -174,7 +174,8 @@ def project_with(tmp_path: Path, **evaluate: object) -> Path:
 ])
 def test_a_missing_benchmark_file_names_the_file_and_the_params_key(tmp_path, evaluate, key):
     config = load_config(project_with(tmp_path, **evaluate))
-    with pytest.raises(DataError, match=rf"Benchmark file {tmp_path}/data/\S+ not found: set {re.escape(key)} in params.yaml"):
+    message = rf"Benchmark file {tmp_path}/data/\S+ not found: set {re.escape(key)} in params.yaml"
+    with pytest.raises(DataError, match=message):
         benchmark_files(config)
 
 
@@ -186,7 +187,8 @@ def test_a_missing_counterfactual_corpus_names_its_key(tmp_path):
 
 
 def test_an_unknown_benchmark_kind_lists_the_known_ones(tmp_path):
-    config = load_config(project_with(tmp_path, general=[{"name": "x", "kind": "glue", "path": "data/raw/stsb/sts-test.csv"}]))
+    glue = {"name": "x", "kind": "glue", "path": "data/raw/stsb/sts-test.csv"}
+    config = load_config(project_with(tmp_path, general=[glue]))
     with pytest.raises(ConfigError, match="evaluate.general\\[0\\].kind 'glue' is unknown; known kinds: sts"):
         benchmark_files(config)
 
