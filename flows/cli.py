@@ -8,7 +8,6 @@ import re
 import sys
 from pathlib import Path
 
-import pipeline  # noqa: F401  (sets the offline/quiet environment before the libraries load)
 from pipeline import gates
 from pipeline.config import load_config
 from pipeline.errors import DataError, TunegateError

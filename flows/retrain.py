@@ -93,7 +93,7 @@ def promote_task(config: Config, version: registry.RegisteredVersion) -> tuple[s
     return alias, decision.summary
 
 
-@flow(name="retrain", log_prints=True)
+@flow(name="retrain")
 def retrain(project_dir: str = ".", overrides: list[str] | None = None) -> RetrainSummary:
     config = load_config(Path(project_dir), overrides or [])
     report = audit_task(config)

@@ -59,10 +59,11 @@ class TextClassifier(mlflow.pyfunc.PythonModel):
         self.tokenizer = load_tokenizer(model_dir)
         self.max_length = int(context.model_config.get("max_length", 128))
 
-    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         from pipeline.evaluation import predict_proba
 
-        texts = model_input.iloc[:, 0].astype(str).tolist() if isinstance(model_input, pd.DataFrame) else list(model_input)
+        # MLflow hands over a DataFrame whether it was given one or a list of strings.
+        texts = model_input.iloc[:, 0].astype(str).tolist()
         probs = predict_proba(self.model, self.tokenizer, texts, self.max_length, batch_size=64)
         names = self.model.config.id2label
         best = probs.argmax(axis=1)
@@ -119,7 +120,7 @@ def register_candidate(config: Config, candidate: Candidate) -> RegisteredVersio
         mlflow.set_tags(candidate.tags)
         for artifact in candidate.artifacts:
             mlflow.log_artifact(str(artifact), artifact_path="reports")
-        example = pd.DataFrame({"text": ["a gripping, beautifully acted film", "dull and far too long"]})
+        example = ["a gripping, beautifully acted film", "dull and far too long"]
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=TextClassifier(),

@@ -1,9 +1,8 @@
 """Fine-tuning: one mapping from train.method to a model builder, and the transformers Trainer for the loop."""
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -73,9 +72,9 @@ def _cpu_has_amx() -> bool:
 
 
 def tokenize(frame: pd.DataFrame, tokenizer: PreTrainedTokenizerBase, max_length: int) -> Dataset:
-    dataset = Dataset.from_pandas(frame[[TEXT, LABEL]].rename(columns={LABEL: "labels"}), preserve_index=False)
-    return dataset.map(lambda batch: tokenizer(batch[TEXT], truncation=True, max_length=max_length),
-                       batched=True, remove_columns=[TEXT])
+    """Token ids without padding (the collator pads per batch); one fast tokenizer call for the whole frame."""
+    encoded = tokenizer(frame[TEXT].tolist(), truncation=True, max_length=max_length)
+    return Dataset.from_dict({**encoded, "labels": frame[LABEL].tolist()})
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:

@@ -67,13 +67,15 @@ def test_champion_loads_and_predicts_label_names(trained_project):
     assert len(predictions) == 3
     assert set(predictions["label"]) <= {"negative", "positive"}
     assert predictions["score"].between(0.5, 1.0).all()
+    as_list = model.predict(["a moving, funny film", "a dull mess", "fine"])
+    pd.testing.assert_frame_equal(as_list, predictions)
 
 
 def test_second_run_that_fails_a_gate_is_challenger_and_says_why(trained_project):
     project, first, second = trained_project
     assert second.data_version == first.data_version          # same data: dvc repro was a no-op
     assert (second.version, second.alias) == ("2", "challenger")
-    assert f"< floor 1.0000" in second.reason
+    assert "< floor 1.0000" in second.reason
     config = load_config(project)
     champion = registry.champion(config)
     assert champion.version == "1"
