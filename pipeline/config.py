@@ -193,15 +193,54 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class GeneralBenchmark:
+    name: str       # metrics: general_<name>_<score>, forgetting_<name>, retained_<name>
+    kind: str       # a key of pipeline.general.KINDS: how the file is read and scored
+    path: str
+
+
+@dataclass(frozen=True)
+class EarlierTask:
+    name: str       # metrics: earlier_<name>_<metric>
+    path: str
+    text_column: str
+    label_column: str
+
+
+@dataclass(frozen=True)
+class CounterfactualAttribute:
+    column: str
+    groups: list[str]   # exactly two; gaps are first minus second
+
+
+@dataclass(frozen=True)
+class CounterfactualConfig:
+    name: str           # metrics: <name>_<attribute>_gap, ..._p_value, ..._<group>_mean
+    path: str
+    text_column: str
+    pair_by: list[str]
+    attributes: dict[str, CounterfactualAttribute]
+    alpha: float
+
+
+@dataclass(frozen=True)
 class EvaluateConfig:
     metrics: list[str]
+    metric_options: dict[str, dict[str, Any]] | None
     batch_size: int
+    report_dir: str
+    general: list[GeneralBenchmark]
+    base_cache_dir: str
+    earlier_tasks: list[EarlierTask]
+    counterfactual: CounterfactualConfig | None
 
 
 @dataclass(frozen=True)
 class GatesConfig:
     min_accuracy: float
     champion_tolerance: float
+    max_forgetting: float | None
+    max_bias_gap: float | None
 
 
 @dataclass(frozen=True)
@@ -357,6 +396,7 @@ def _validate(config: Config) -> None:
         (len(config.data.labels) >= 2, f"data.labels needs at least two labels, got {config.data.labels}."),
         (0 <= config.gates.min_accuracy <= 1, f"gates.min_accuracy must be in [0, 1], got {config.gates.min_accuracy}."),
         (config.model.max_length > 0, f"model.max_length must be positive, got {config.model.max_length}."),
+        *_evaluate_checks(config),
         *_audit_checks(config),
     ]
     for ok, message in checks:
@@ -433,3 +473,29 @@ def _train_checks(train: TrainConfig) -> list[tuple[bool, str]]:
         (train.prefix_tuning.num_virtual_tokens > 0,
          f"train.prefix_tuning.num_virtual_tokens must be positive, got {train.prefix_tuning.num_virtual_tokens}."),
     ]
+def _evaluate_checks(config: Config) -> list[tuple[bool, str]]:
+    evaluate, gates = config.evaluate, config.gates
+    names = [b.name for b in evaluate.general] + [t.name for t in evaluate.earlier_tasks]
+    checks = [
+        (evaluate.batch_size > 0, f"evaluate.batch_size must be positive, got {evaluate.batch_size}."),
+        (len(names) == len(set(names)),
+         f"evaluate.general and evaluate.earlier_tasks need distinct names (they name metrics), got {names}."),
+        *((metric in evaluate.metrics,
+           f"evaluate.metric_options.{metric}: {metric!r} is not in evaluate.metrics {evaluate.metrics}.")
+          for metric in evaluate.metric_options or {}),
+        (gates.max_forgetting is None or gates.max_forgetting >= 0,
+         f"gates.max_forgetting must be 0 or more, or null to skip the gate, got {gates.max_forgetting}."),
+        (gates.max_bias_gap is None or 0 <= gates.max_bias_gap <= 1,
+         f"gates.max_bias_gap must be in [0, 1], or null to skip the gate, got {gates.max_bias_gap}."),
+    ]
+    counterfactual = evaluate.counterfactual
+    if counterfactual is not None:
+        checks += [
+            (0 < counterfactual.alpha < 1,
+             f"evaluate.counterfactual.alpha must be in (0, 1), got {counterfactual.alpha}."),
+            *((len(attribute.groups) == 2,
+               f"evaluate.counterfactual.attributes.{name}.groups must name exactly two groups, "
+               f"got {attribute.groups}.")
+              for name, attribute in counterfactual.attributes.items()),
+        ]
+    return checks

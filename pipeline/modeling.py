@@ -1,6 +1,7 @@
 """The model hub: the one place that finds and loads base models and tokenizers, from local paths only."""
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.metadata
 import importlib.util
@@ -115,3 +116,18 @@ def _bnb_4bit(four_bit: QloraConfig):
                               bnb_4bit_compute_dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16,
                               # the classifier head is new and small: it trains in full precision
                               llm_int8_skip_modules=["classifier", "score"])
+WEIGHT_FILES = ("*.safetensors", "*.bin")
+
+
+def weights_sha256(model_dir: Path) -> str:
+    """A hash of a model directory's weight files: equal hashes, equal weights."""
+    files = sorted(path for pattern in WEIGHT_FILES for path in Path(model_dir).glob(pattern))
+    if not files:
+        raise ModelError(f"No weight files ({', '.join(WEIGHT_FILES)}) in {model_dir}.")
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode())
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()

@@ -11,11 +11,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from datasets import Dataset
 from peft import PeftModel
+from scipy.special import softmax
 from transformers import (DataCollatorWithPadding, EarlyStoppingCallback, PreTrainedModel, PreTrainedTokenizerBase,
                           Trainer, TrainerState, TrainingArguments, set_seed)
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -132,7 +132,7 @@ def train_model(config: Config, train_frame: pd.DataFrame, validation_frame: pd.
 
     def trainer_metrics(eval_pred) -> dict[str, float]:
         logits, labels = eval_pred
-        scores = compute_metrics(config.evaluate.metrics, np.argmax(logits, axis=-1), labels)
+        scores = compute_metrics(config.evaluate, softmax(logits, axis=-1), labels)
         if train_cfg.best_metric not in {*scores, "loss"}:
             raise ConfigError(f"train.best_metric is {train_cfg.best_metric!r}, which evaluate.metrics does not "
                               f"compute; use one of: loss, {', '.join(scores)}.")

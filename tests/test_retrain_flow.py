@@ -1,8 +1,10 @@
 """The whole flow on a small real slice: real model, real Great Expectations, DVC, MLflow and Prefect."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import mlflow
 import pandas as pd
@@ -129,4 +131,41 @@ def test_cli_exits_non_zero_with_the_message_on_bad_data(tmp_path):
     assert result.returncode == 1
     assert "tunegate: error: Data audit failed" in result.stderr
     assert "column 'label' is missing" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_the_run_logs_the_evaluation_report_and_its_key_numbers(trained_project):
+    project, first, second = trained_project
+    config = load_config(project)
+    client = registry.connect(config)
+    run = client.get_run(client.get_model_version(config.registry.model_name, "1").run_id)
+    for name in ("test_f1_macro", "test_ece", "general_stsb_spearman", "forgetting_stsb", "retained_stsb",
+                 "eec_gender_gap", "eec_race_gap", "eec_race_p_value"):
+        assert run.data.metrics[name] == pytest.approx(first.metrics[name], nan_ok=True)
+    logged = {f.path for f in client.list_artifacts(run.info.run_id, "reports")}
+    assert {"reports/evaluation.json", "reports/evaluation.html", "reports/confusion_matrix.png",
+            "reports/general_base_vs_candidate.png", "reports/counterfactual_groups.png"} <= logged
+    # Every gate is said in words, the forgetting and bias gates too.
+    assert "forgetting stsb" in first.reason and "eec gender gap" in first.reason and "eec race gap" in first.reason
+
+
+def test_evaluate_command_scores_a_registered_version_as_the_flow_did(trained_project):
+    project, first, _ = trained_project
+    result = subprocess.run([sys.executable, "-m", "flows.cli", "--project-dir", str(project), "evaluate",
+                             "models:/tunegate-sst2/1"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    printed = dict(line.split(maxsplit=1) for line in result.stdout.splitlines())
+    assert float(printed["test_accuracy"]) == pytest.approx(first.metrics["test_accuracy"], abs=1e-4)
+    assert float(printed["forgetting_stsb"]) == pytest.approx(first.metrics["forgetting_stsb"], abs=1e-4)
+    assert printed["report"].endswith("models-tunegate-sst2-1/evaluation.json")
+    assert json.loads(Path(printed["report"]).read_text())["metrics"]["test_accuracy"] == pytest.approx(
+        first.metrics["test_accuracy"])
+
+
+def test_evaluate_command_says_what_is_wrong_with_a_bad_uri(trained_project):
+    project, _, _ = trained_project
+    result = subprocess.run([sys.executable, "-m", "flows.cli", "--project-dir", str(project), "evaluate",
+                             "models:/tunegate-sst2/99"], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "tunegate: error: Cannot fetch models:/tunegate-sst2/99" in result.stderr
     assert "Traceback" not in result.stderr
