@@ -10,5 +10,9 @@ for _name, _value in {
     "DVC_NO_ANALYTICS": "1",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "TOKENIZERS_PARALLELISM": "false",
+    # Idle OpenMP (torch CPU) threads sleep rather than spin: on cores shared with other jobs, spinning
+    # threads take the time the working ones need (a small training ran 4-5x slower with spinning, at a
+    # load of 3-4 on 2 cores). Read when torch loads: import pipeline first.
+    "OMP_WAIT_POLICY": "PASSIVE",
 }.items():
     os.environ.setdefault(_name, _value)

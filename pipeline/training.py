@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from datasets import Dataset
@@ -122,6 +123,7 @@ def train_model(config: Config, train_frame: pd.DataFrame, validation_frame: pd.
     """
     train_cfg = config.train
     check_supported(train_cfg)
+    check_best_metric(config)
     set_seed(train_cfg.seed)
     base_dir = resolve_model_path(config.model.base, config.project_dir)
     tokenizer = load_tokenizer(base_dir)
@@ -132,11 +134,7 @@ def train_model(config: Config, train_frame: pd.DataFrame, validation_frame: pd.
 
     def trainer_metrics(eval_pred) -> dict[str, float]:
         logits, labels = eval_pred
-        scores = compute_metrics(config.evaluate, softmax(logits, axis=-1), labels)
-        if train_cfg.best_metric not in {*scores, "loss"}:
-            raise ConfigError(f"train.best_metric is {train_cfg.best_metric!r}, which evaluate.metrics does not "
-                              f"compute; use one of: loss, {', '.join(scores)}.")
-        return scores
+        return compute_metrics(config.evaluate, softmax(logits, axis=-1), labels)
 
     optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, setup.model)
     early_stopping = [EarlyStoppingCallback(train_cfg.early_stopping_patience)] if train_cfg.early_stopping_patience else []
@@ -164,6 +162,16 @@ def train_model(config: Config, train_frame: pd.DataFrame, validation_frame: pd.
                        train_seconds=seconds, train_samples_per_second=samples / seconds,
                        precision="bf16" if bf16 else "fp32", validation_metrics=best_validation(trainer.state),
                        best_step=trainer.state.best_global_step, resumed_from=checkpoint)
+
+
+def check_best_metric(config: Config) -> None:
+    """train.best_metric must be a score the validation produces: the loss, or one of evaluate.metrics' outputs."""
+    # A metric module names its outputs only when it computes them: score one sure prediction per class.
+    classes = len(config.data.labels)
+    names = ["loss", *compute_metrics(config.evaluate, np.eye(classes), np.arange(classes))]
+    if config.train.best_metric not in names:
+        raise ConfigError(f"train.best_metric is {config.train.best_metric!r}, which the validation does not "
+                          f"produce with evaluate.metrics {config.evaluate.metrics}; use one of: {', '.join(names)}.")
 
 
 def samples_trained(rows: int, batch_size: int, first_step: int, last_step: int) -> int:

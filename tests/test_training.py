@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from flows.retrain import retrain
 from pipeline import registry
 from pipeline.config import METHODS, Config, load_config
-from pipeline.errors import ModelError
+from pipeline.errors import ConfigError, ModelError
 from pipeline.methods import METHOD_BUILDERS
 from pipeline.methods.layers import build_full
 from pipeline.modeling import ADAPTER_CONFIG, resolve_model_path
@@ -169,7 +169,8 @@ def test_layer_wise_decay_gives_each_block_below_the_head_a_smaller_rate(tmp_pat
 
 # --- determinism and resume ----------------------------------------------------------------------------------
 
-RESUME_ROWS, RESUME_EPOCHS = 64, 2     # 8 steps an epoch, 16 in all, a checkpoint every 4
+# 6 steps an epoch, 12 in all, a checkpoint every 4: the run is killed in the middle of an epoch.
+RESUME_ROWS, RESUME_EPOCHS = 48, 2
 TRAIN_IN_A_PROCESS = """
 import sys
 from pathlib import Path
@@ -186,7 +187,7 @@ def resume_project(tmp_path_factory) -> Path:
     project = tmp_path_factory.mktemp("resume")
     tiny_config(project, epochs=RESUME_EPOCHS)
     sst2_rows("train", RESUME_ROWS).to_csv(project / "train.csv", index=False)
-    sst2_rows("dev", 32).to_csv(project / "validation.csv", index=False)
+    sst2_rows("dev", 16).to_csv(project / "validation.csv", index=False)
     return project
 
 
@@ -250,7 +251,8 @@ def test_qlora_refuses_without_cuda_before_any_work(tmp_path):
 
 
 def test_an_adapter_method_runs_through_the_flow_and_its_champion_predicts(tmp_path):
-    project = make_project(tmp_path / "project", small_params(gates={"min_accuracy": 0.0}))
+    params = small_params(split={"max_train_rows": 64}, model={"max_length": 32}, gates={"min_accuracy": 0.0})
+    project = make_project(tmp_path / "project", params)
     summary = retrain(str(project), ["train.method=prefix_tuning"])
     assert (summary.version, summary.alias) == ("1", "champion")
     config = load_config(project)
@@ -260,3 +262,10 @@ def test_an_adapter_method_runs_through_the_flow_and_its_champion_predicts(tmp_p
     model = mlflow.pyfunc.load_model(f"models:/{config.registry.model_name}@champion")
     predictions = model.predict(pd.DataFrame({"text": ["a moving, funny film", "a dull mess"]}))
     assert set(predictions["label"]) <= {"negative", "positive"} and len(predictions) == 2
+
+
+def test_a_best_metric_the_validation_does_not_produce_stops_before_training(tmp_path):
+    config = tiny_config(tmp_path / "project", best_metric="f1")
+    with pytest.raises(ConfigError, match="use one of: loss, accuracy, f1_macro"):
+        train_model(config, sst2_rows("train", 8), sst2_rows("dev", 8), tmp_path / "train")
+    assert not (tmp_path / "train").exists()
