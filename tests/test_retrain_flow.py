@@ -43,8 +43,9 @@ def test_first_run_registers_a_champion_with_lineage(trained_project):
     assert version.tags["params_hash"] == config.params_hash()
     assert version.tags["promotion_decision"] == "champion"
     run = client.get_run(version.run_id)
-    assert {a.path for a in client.list_artifacts(run.info.run_id, "reports")} == {"reports/audit.json",
-                                                                                   "reports/audit.html"}
+    reports = {a.path for a in client.list_artifacts(run.info.run_id, "reports")}
+    assert {"reports/audit.json", "reports/audit.html", "reports/evaluation.json",
+            "reports/evaluation.html", "reports/confusion_matrix.png"} <= reports
     assert run.data.params["train.method"] == "lora"
     assert run.data.metrics["test_accuracy"] == pytest.approx(first.metrics["test_accuracy"])
     assert 0 < run.data.metrics["trainable_params"] < run.data.metrics["total_params"]
