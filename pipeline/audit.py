@@ -90,7 +90,7 @@ def _found(problem: str, show: Callable[[int], str]) -> Describe:
         if not _count(result):
             return f"no rows {problem}"
         examples = ", ".join(f"row {i + 1}: {show(i)}" for i in result["partial_unexpected_index_list"])
-        return f"{_count(result)} row(s) ({_share(result):.2%}) {problem}; e.g. {examples}"
+        return f"{_count(result)} row(s) ({_share(result) * 100:.3g}%) {problem}; e.g. {examples}"
     return describe
 
 

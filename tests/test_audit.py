@@ -97,11 +97,11 @@ LONG = " ".join(["wonderful"] * 200)
 
 @pytest.mark.parametrize("case, suffix, change, overrides, expected, message", [
     ("text type", ".jsonl", _set(3, "sentence", 12345), {}, {"text_type": "error"},
-     "1 row(s) (2.50%) are not text; e.g. row 4: 12345"),
-    ("null text", ".jsonl", _set(3, "sentence", None), {}, {"not_null": "error"}, "1 row(s) (2.50%) are empty"),
+     "1 row(s) (2.5%) are not text; e.g. row 4: 12345"),
+    ("null text", ".jsonl", _set(3, "sentence", None), {}, {"not_null": "error"}, "1 row(s) (2.5%) are empty"),
     ("blank text", ".tsv", _set(5, "sentence", "   "), {}, {"text_not_blank": "error"}, "row 6: '   '"),
     ("label type", ".tsv", _set(2, "label", "1.5"), {}, {"label_type": "error", "label_in_set": "error"},
-     "1 row(s) (2.50%) are not integers; e.g. row 3: '1.5'"),
+     "1 row(s) (2.5%) are not integers; e.g. row 3: '1.5'"),
     ("label set", ".csv", _set(7, "label", "3"), {}, {"label_in_set": "error"},
      "are outside the label set ['0', '1']; e.g. row 8: '3'"),
     ("characters", ".tsv", _set(0, "sentence", "ab"), {}, {"text_chars": "warning"},
@@ -109,7 +109,7 @@ LONG = " ".join(["wonderful"] * 200)
     ("tokens", ".tsv", _set(0, "sentence", LONG), {}, {"truncated": "warning"},
      "have more than 128 tokens and would be truncated; e.g. row 1"),
     ("duplicates", ".tsv", _set(2, "sentence", "film 0: she found it worth a look"), {}, {"duplicates": "warning"},
-     "2 row(s) (5.00%) share their exact text with another row"),
+     "2 row(s) (5%) share their exact text with another row"),
     ("conflicting labels", ".tsv", _set(1, "sentence", "FILM 0:  she found it worth a look"), {},
      {"conflicting_labels": "warning"}, "row 1: 'film 0: she found it worth a look' labelled 0"),
     ("class balance", ".tsv", _labels(["0" if i in (0, 2, 4, 6, 8, 10) else "1" for i in range(ROWS)]),
@@ -156,7 +156,7 @@ def test_validation_text_found_in_train_is_leakage(tmp_path):
     assert failed(report) == {"leakage": "warning"}
     (leak,) = report.failures
     assert leak.source == "raw/validation.tsv" and leak.observed == pytest.approx(1 / ROWS)
-    assert "1 row(s) (2.50%) also appear in the training file (ignoring case and spacing); e.g. row 5" in leak.detail
+    assert "1 row(s) (2.5%) also appear in the training file (ignoring case and spacing); e.g. row 5" in leak.detail
 
 
 def test_severity_decides_whether_a_failure_stops_the_run(tmp_path):
