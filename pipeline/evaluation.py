@@ -26,7 +26,7 @@ from pipeline.config import Config, EvaluateConfig
 from pipeline.data import read_table
 from pipeline.errors import ConfigError, DataError
 from pipeline.evaluation_report import write_report
-from pipeline.modeling import load_classifier, load_tokenizer, resolve_model_path, weights_sha256
+from pipeline.modeling import backbone, load_classifier, load_tokenizer, resolve_model_path, weights_sha256
 from pipeline.split import LABEL, TEXT, to_canonical
 
 METRICS_DIR = Path(__file__).parent / "metrics"
@@ -159,7 +159,7 @@ def base_general_scores(config: Config, paths: dict[str, Path]) -> dict[str, flo
     if any(value is None for value in scores.values()):
         # The base checkpoint loaded as the candidates are, so its encoder is the same module
         # (a classification head is added and never used).
-        fresh = general_scores(config, load_classifier(base_dir).base_model, load_tokenizer(base_dir), paths)
+        fresh = general_scores(config, backbone(load_classifier(base_dir)), load_tokenizer(base_dir), paths)
         for benchmark in config.evaluate.general:
             if scores[benchmark.name] is None:
                 scores[benchmark.name] = fresh[benchmark.name]
@@ -217,7 +217,7 @@ def evaluate_model(config: Config, model_dir: Path, test_frame: pd.DataFrame, re
     metrics |= earlier_task_scores(config, model, tokenizer, paths)
     lap("earlier_tasks")
 
-    candidate = general_scores(config, model.base_model, tokenizer, paths)
+    candidate = general_scores(config, backbone(model), tokenizer, paths)
     lap("general")
     base = base_general_scores(config, paths) if candidate else {}
     lap("general_base")

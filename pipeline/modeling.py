@@ -73,6 +73,15 @@ def load_classifier(model_dir: Path, labels: dict[int, str] | None = None,
         raise ModelError(f"Cannot load a sequence classifier from {model_dir}: {exc}") from exc
 
 
+def backbone(model: PreTrainedModel) -> PreTrainedModel:
+    """The encoder under a classifier's head, under a peft wrapper too: what sentence embeddings come from."""
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        model = model.get_base_model()
+    return model.base_model
+
+
 def base_model_name(adapter_dir: Path) -> str:
     """The base model an adapter directory was trained on, as params.yaml named it (model.base)."""
     return json.loads((adapter_dir / ADAPTER_CONFIG).read_text())["base_model_name_or_path"]

@@ -54,7 +54,7 @@ def test_first_run_registers_a_champion_with_lineage(trained_project):
 def test_summary_prints_the_audit_verdict_and_its_warnings(trained_project):
     project, first, _ = trained_project
     lines = str(first).splitlines()
-    assert lines[0] == f"audit          {first.audit}" and first.audit.startswith("passed, ")
+    assert lines[0].split(None, 1) == ["audit", first.audit] and first.audit.startswith("passed, ")
     assert first.audit_failures and all(line.startswith("warning: data/raw/sst2/") for line in first.audit_failures)
     assert lines[1:1 + len(first.audit_failures)] == [f"  {line}" for line in first.audit_failures]
 
