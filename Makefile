@@ -21,6 +21,7 @@ models: $(STAMP)
 	$(BIN)/tunegate models
 
 test: $(STAMP)
+	$(BIN)/ruff check pipeline flows tests
 	$(BIN)/python -m pytest
 
 clean:

@@ -1,0 +1,7 @@
+"""tunegate's Prefect wiring: flows that call `pipeline/` functions, and the CLI."""
+import os
+
+import pipeline  # noqa: F401  (sets the offline/quiet environment before Prefect loads)
+
+# Prefect's default 20 s for its local ephemeral API is too short on a busy 2-core machine.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from pathlib import Path
 
-import pipeline  # noqa: F401  (sets the offline/quiet environment before the libraries load)
-from pipeline import registry
+from pipeline import gates
 from pipeline.config import load_config
-from pipeline.errors import TunegateError
+from pipeline.errors import DataError, TunegateError
 
 KEY_METRICS = ("test_accuracy", "test_f1_macro")
 
@@ -23,21 +23,47 @@ def _parser() -> argparse.ArgumentParser:
     retrain.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                          help="override a params.yaml value for this run, e.g. -S train.method=full")
     commands.add_parser("models", help="registered versions with aliases and key metrics")
+    evaluate = commands.add_parser("evaluate", help="evaluate a registered version or a local model directory")
+    evaluate.add_argument("model", metavar="MODEL_URI",
+                          help="models:/NAME/VERSION, models:/NAME@ALIAS, or a local transformers model directory")
+    audit = commands.add_parser("audit", help="audit one data file with params.yaml's columns, labels and checks; "
+                                              "exit 1 if an error-severity check fails")
+    audit.add_argument("path", type=Path, help="a CSV, TSV, Parquet or JSON Lines file")
     return parser
 
 
 def _models(project_dir: Path) -> str:
+    from pipeline import registry   # here, not at the top: MLflow takes seconds to import
+
     config = load_config(project_dir)
     rows = registry.list_versions(config)
     if not rows:
         return f"No versions of {config.registry.model_name} registered yet: run `tunegate retrain`."
-    header = ["version", "aliases", "created", *KEY_METRICS, "method", "data_version", "decision"]
+    columns = list(dict.fromkeys([*KEY_METRICS, *gates.gated_metrics(m for row in rows for m in row.metrics)]))
+    header = ["version", "aliases", "created", *columns, "method", "data_version", "decision"]
     table = [header] + [[row.version, ",".join(row.aliases) or "-", row.created,
-                         *(f"{row.metrics[m]:.4f}" if m in row.metrics else "-" for m in KEY_METRICS),
+                         *(f"{row.metrics[m]:.4f}" if m in row.metrics else "-" for m in columns),
                          row.tags.get("method", "-"), row.tags.get("data_version", "-")[:12],
                          row.tags.get("promotion_reason", "-")] for row in rows]
     widths = [max(len(str(r[i])) for r in table) for i in range(len(header))]
     return "\n".join("  ".join(str(cell).ljust(w) for cell, w in zip(r, widths)).rstrip() for r in table)
+
+
+def _evaluate(project_dir: Path, model_uri: str) -> str:
+    from pipeline import registry
+    from pipeline.evaluation import evaluate_model
+    from pipeline.split import read_split, split_paths
+
+    config = load_config(project_dir)
+    model_dir = registry.download_classifier(config, model_uri) if model_uri.startswith("models:/") else Path(model_uri)
+    test = split_paths(config).test
+    if not test.is_file():
+        raise DataError(f"No test split at {test}: run `tunegate retrain` (or `dvc repro split`) first.")
+    report_dir = config.path(config.evaluate.report_dir) / re.sub(r"[^A-Za-z0-9.@-]+", "-", model_uri).strip("-")
+    report = evaluate_model(config, model_dir, read_split(test), report_dir)
+    width = max(len(name) for name in report.metrics)
+    return "\n".join([*(f"{name:<{width}} {value:.4f}" for name, value in report.metrics.items()),
+                      f"{'report':<{width}} {report.path}"])
 
 
 class _UserErrorsWithoutTraceback(logging.Filter):
@@ -65,6 +91,15 @@ def main(argv: list[str] | None = None) -> int:
             print(retrain(str(args.project_dir), args.overrides))
         elif args.command == "models":
             print(_models(args.project_dir))
+        elif args.command == "evaluate":
+            print(_evaluate(args.project_dir, args.model))
+        elif args.command == "audit":
+            from pipeline.audit import audit_file
+            from pipeline.audit_report import as_text
+
+            report = audit_file(load_config(args.project_dir), args.path.resolve())
+            print(as_text(report))
+            return 0 if report.passed else 1
     except TunegateError as exc:
         print(f"tunegate: error: {exc}", file=sys.stderr)
         return 1

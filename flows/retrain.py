@@ -13,7 +13,7 @@ from prefect.cache_policies import NO_CACHE
 
 from pipeline import audit, gates, registry
 from pipeline.config import Config, load_config
-from pipeline.evaluation import evaluate_model
+from pipeline.evaluation import EvaluationReport, evaluate_model
 from pipeline.errors import TunegateError
 from pipeline.lineage import git_commit
 from pipeline.methods import check_supported
@@ -26,16 +26,23 @@ from pipeline.versioning import DataVersion, reproduce_splits
 class RetrainSummary:
     data_version: str
     metrics: dict[str, float]
+    report: Path
     model_name: str
     version: str
     alias: str
     reason: str
+    audit: str
+    audit_failures: list[str]     # failed warning-level checks; a failed error-level check stops the run
 
     def __str__(self) -> str:
-        lines = [f"data version   {self.data_version}"]
-        lines += [f"{name:<14} {value:.4f}" for name, value in sorted(self.metrics.items())]
-        lines += [f"registered     {self.model_name} version {self.version}",
-                  f"decision       {self.alias}: {self.reason}"]
+        names = gates.gated_metrics(self.metrics)
+        width = max(len(name) for name in names)
+        lines = [f"{'audit':<{width}} {self.audit}", *(f"  {failure}" for failure in self.audit_failures),
+                 f"{'data version':<{width}} {self.data_version}"]
+        lines += [f"{name:<{width}} {self.metrics[name]:.4f}" for name in names]
+        lines += [f"{'report':<{width}} {self.report}",
+                  f"{'registered':<{width}} {self.model_name} version {self.version}",
+                  f"{'decision':<{width}} {self.alias}: {self.reason}"]
         return "\n".join(lines)
 
 
@@ -72,19 +79,22 @@ def train_task(config: Config, data_version: DataVersion) -> TrainResult:
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate_task(config: Config, trained: TrainResult) -> dict[str, float]:
-    return evaluate_model(config, trained.model_dir, read_split(split_paths(config).test))
+def evaluate_task(config: Config, trained: TrainResult) -> EvaluationReport:
+    report_dir = config.path(config.evaluate.report_dir) / trained.model_dir.parent.name
+    evaluation = evaluate_model(config, trained.model_dir, read_split(split_paths(config).test), report_dir)
+    get_run_logger().info("evaluation report %s", evaluation.path)
+    return evaluation
 
 
 @task(name="register", cache_policy=NO_CACHE)
 def register_task(config: Config, data_version: DataVersion, trained: TrainResult,
-                  metrics: dict[str, float], report: audit.AuditReport) -> registry.RegisteredVersion:
+                  evaluation: EvaluationReport, report: audit.AuditReport) -> registry.RegisteredVersion:
     tags = {"git_commit": git_commit(config.project_dir), "params_hash": config.params_hash(),
             "base_model": config.model.base, "method": config.train.method, "audit": "passed",
             **data_version.as_tags()}
     candidate = registry.Candidate(model_dir=trained.model_dir, params=config.as_dict(),
-                                   metrics={**trained.as_metrics(), **metrics}, tags=tags,
-                                   artifacts=[report.path])
+                                   metrics={**trained.as_metrics(), **evaluation.metrics}, tags=tags,
+                                   artifacts=[report.json_path, report.html_path, *evaluation.artifacts])
     return registry.register_candidate(config, candidate)
 
 
@@ -96,14 +106,15 @@ def promote_task(config: Config, version: registry.RegisteredVersion) -> tuple[s
     return alias, decision.summary
 
 
-@flow(name="retrain", log_prints=True)
+@flow(name="retrain")
 def retrain(project_dir: str = ".", overrides: list[str] | None = None) -> RetrainSummary:
     config = load_config(Path(project_dir), overrides or [])
     check_supported(config.train)   # e.g. qlora without a GPU: stop before any work
     report = audit_task(config)
     data_version = split_task(config)
     trained = train_task.with_options(retries=config.train.retries)(config, data_version)
-    metrics = evaluate_task(config, trained)
-    version = register_task(config, data_version, trained, metrics, report)
+    evaluation = evaluate_task(config, trained)
+    version = register_task(config, data_version, trained, evaluation, report)
     alias, reason = promote_task(config, version)
-    return RetrainSummary(data_version.version, metrics, version.name, version.version, alias, reason)
+    return RetrainSummary(data_version.version, evaluation.metrics, evaluation.path, version.name, version.version,
+                          alias, reason, report.summary, [check.headline for check in report.failures])

@@ -22,6 +22,8 @@ PARAMS_FILE = "params.yaml"
 # train.method -> a builder in pipeline/methods/ (METHOD_BUILDERS); this tuple is what params.yaml may name.
 METHODS = ("full", "freeze", "lora", "dora", "ia3", "prompt_tuning", "prefix_tuning", "qlora")
 PRECISIONS = ("auto", "bf16", "fp32")
+# error: a failed check stops the run; warning: it is reported and the run goes on.
+Severity = Literal["error", "warning"]
 SCHEDULERS = ("linear", "cosine", "constant_with_warmup")   # transformers SchedulerType names
 UNFREEZE_UNITS = ("steps", "epochs")
 QUANT_TYPES = ("nf4", "fp4")
@@ -51,8 +53,68 @@ class SplitConfig:
 
 
 @dataclass(frozen=True)
+class Check:
+    """One audit check's settings: its severity and, in the subclasses, its threshold."""
+    severity: Severity
+
+
+@dataclass(frozen=True)
+class LengthCheck(Check):
+    min: int
+    max: int
+
+
+@dataclass(frozen=True)
+class MaxShareCheck(Check):
+    max_share: float
+
+
+@dataclass(frozen=True)
+class MinShareCheck(Check):
+    min_share: float
+
+
+@dataclass(frozen=True)
+class MinRowsCheck(Check):
+    min_rows: int
+
+
+@dataclass(frozen=True)
+class MaxGapCheck(Check):
+    max_gap: float
+
+
+@dataclass(frozen=True)
+class AuditChecks:
+    columns: Check
+    text_type: Check
+    label_type: Check
+    not_null: Check
+    text_not_blank: Check
+    label_in_set: Check
+    text_chars: LengthCheck
+    truncated: MaxShareCheck
+    duplicates: MaxShareCheck
+    conflicting_labels: MaxShareCheck
+    class_balance: MinShareCheck
+    rows_per_class: MinRowsCheck
+    leakage: MaxShareCheck
+
+
+@dataclass(frozen=True)
+class BiasConfig:
+    lexicon: str | None
+    positive_label: int
+    min_slice_rows: int
+    representation: MinShareCheck
+    positive_rate_gap: MaxGapCheck
+
+
+@dataclass(frozen=True)
 class AuditConfig:
     report_dir: str
+    checks: AuditChecks
+    bias: BiasConfig
 
 
 @dataclass(frozen=True)
@@ -131,15 +193,54 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class GeneralBenchmark:
+    name: str       # metrics: general_<name>_<score>, forgetting_<name>, retained_<name>
+    kind: str       # a key of pipeline.general.KINDS: how the file is read and scored
+    path: str
+
+
+@dataclass(frozen=True)
+class EarlierTask:
+    name: str       # metrics: earlier_<name>_<metric>
+    path: str
+    text_column: str
+    label_column: str
+
+
+@dataclass(frozen=True)
+class CounterfactualAttribute:
+    column: str
+    groups: list[str]   # exactly two; gaps are first minus second
+
+
+@dataclass(frozen=True)
+class CounterfactualConfig:
+    name: str           # metrics: <name>_<attribute>_gap, ..._p_value, ..._<group>_mean
+    path: str
+    text_column: str
+    pair_by: list[str]
+    attributes: dict[str, CounterfactualAttribute]
+    alpha: float
+
+
+@dataclass(frozen=True)
 class EvaluateConfig:
     metrics: list[str]
+    metric_options: dict[str, dict[str, Any]] | None
     batch_size: int
+    report_dir: str
+    general: list[GeneralBenchmark]
+    base_cache_dir: str
+    earlier_tasks: list[EarlierTask]
+    counterfactual: CounterfactualConfig | None
 
 
 @dataclass(frozen=True)
 class GatesConfig:
     min_accuracy: float
     champion_tolerance: float
+    max_forgetting: float | None
+    max_bias_gap: float | None
 
 
 @dataclass(frozen=True)
@@ -295,10 +396,37 @@ def _validate(config: Config) -> None:
         (len(config.data.labels) >= 2, f"data.labels needs at least two labels, got {config.data.labels}."),
         (0 <= config.gates.min_accuracy <= 1, f"gates.min_accuracy must be in [0, 1], got {config.gates.min_accuracy}."),
         (config.model.max_length > 0, f"model.max_length must be positive, got {config.model.max_length}."),
+        *_evaluate_checks(config),
+        *_audit_checks(config),
     ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+
+
+def _audit_checks(config: Config) -> list[tuple[bool, str]]:
+    checks, bias = config.audit.checks, config.audit.bias
+    shares = {
+        "audit.checks.truncated.max_share": checks.truncated.max_share,
+        "audit.checks.duplicates.max_share": checks.duplicates.max_share,
+        "audit.checks.conflicting_labels.max_share": checks.conflicting_labels.max_share,
+        "audit.checks.class_balance.min_share": checks.class_balance.min_share,
+        "audit.checks.leakage.max_share": checks.leakage.max_share,
+        "audit.bias.representation.min_share": bias.representation.min_share,
+        "audit.bias.positive_rate_gap.max_gap": bias.positive_rate_gap.max_gap,
+    }
+    chars = checks.text_chars
+    return [
+        *((0 <= value <= 1, f"{key} must be in [0, 1], got {value}.") for key, value in shares.items()),
+        (0 <= chars.min <= chars.max,
+         f"audit.checks.text_chars needs 0 <= min <= max, got min {chars.min} and max {chars.max}."),
+        (checks.rows_per_class.min_rows >= 0,
+         f"audit.checks.rows_per_class.min_rows must be 0 or more, got {checks.rows_per_class.min_rows}."),
+        (bias.min_slice_rows > 0, f"audit.bias.min_slice_rows must be positive, got {bias.min_slice_rows}."),
+        (bias.positive_label in config.data.labels,
+         f"audit.bias.positive_label must be one of data.labels ({', '.join(map(str, config.data.labels))}), "
+         f"got {bias.positive_label}."),
+    ]
 
 
 def _train_checks(train: TrainConfig) -> list[tuple[bool, str]]:
@@ -345,3 +473,29 @@ def _train_checks(train: TrainConfig) -> list[tuple[bool, str]]:
         (train.prefix_tuning.num_virtual_tokens > 0,
          f"train.prefix_tuning.num_virtual_tokens must be positive, got {train.prefix_tuning.num_virtual_tokens}."),
     ]
+def _evaluate_checks(config: Config) -> list[tuple[bool, str]]:
+    evaluate, gates = config.evaluate, config.gates
+    names = [b.name for b in evaluate.general] + [t.name for t in evaluate.earlier_tasks]
+    checks = [
+        (evaluate.batch_size > 0, f"evaluate.batch_size must be positive, got {evaluate.batch_size}."),
+        (len(names) == len(set(names)),
+         f"evaluate.general and evaluate.earlier_tasks need distinct names (they name metrics), got {names}."),
+        *((metric in evaluate.metrics,
+           f"evaluate.metric_options.{metric}: {metric!r} is not in evaluate.metrics {evaluate.metrics}.")
+          for metric in evaluate.metric_options or {}),
+        (gates.max_forgetting is None or gates.max_forgetting >= 0,
+         f"gates.max_forgetting must be 0 or more, or null to skip the gate, got {gates.max_forgetting}."),
+        (gates.max_bias_gap is None or 0 <= gates.max_bias_gap <= 1,
+         f"gates.max_bias_gap must be in [0, 1], or null to skip the gate, got {gates.max_bias_gap}."),
+    ]
+    counterfactual = evaluate.counterfactual
+    if counterfactual is not None:
+        checks += [
+            (0 < counterfactual.alpha < 1,
+             f"evaluate.counterfactual.alpha must be in (0, 1), got {counterfactual.alpha}."),
+            *((len(attribute.groups) == 2,
+               f"evaluate.counterfactual.attributes.{name}.groups must name exactly two groups, "
+               f"got {attribute.groups}.")
+              for name, attribute in counterfactual.attributes.items()),
+        ]
+    return checks

@@ -1,20 +1,43 @@
-"""Task evaluation: predictions of a classifier on a split, scored by the project's `evaluate` metric modules."""
+"""Evaluation of a saved model: task suite, general suite and forgetting, model bias, one report.
+
+Every number a promotion gate reads comes from `evaluate_model`, under stable names:
+test_<metric>, earlier_<task>_<metric>, general_<benchmark>_<score>, forgetting_<benchmark>,
+retained_<benchmark>, <corpus>_<attribute>_gap / _p_value / _<group>_mean,
+group_<category>_dp_difference / _eo_difference and their largest, group_dp_difference / group_eo_difference.
+"""
 from __future__ import annotations
 
+import dataclasses
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Iterator
 
+import datasets
 import evaluate
 import numpy as np
 import pandas as pd
 import torch
-from transformers import DataCollatorWithPadding, PreTrainedModel, PreTrainedTokenizerBase
+from sklearn.metrics import confusion_matrix
+from transformers import BatchEncoding, PreTrainedModel, PreTrainedTokenizerBase
 
-from pipeline.config import Config
-from pipeline.errors import ConfigError
-from pipeline.modeling import load_classifier, load_tokenizer
-from pipeline.split import LABEL, TEXT
+from pipeline import bias, general, model_bias
+from pipeline.config import Config, EvaluateConfig
+from pipeline.data import read_table
+from pipeline.errors import ConfigError, DataError
+from pipeline.evaluation_report import write_report
+from pipeline.modeling import backbone, load_classifier, load_tokenizer, resolve_model_path, weights_sha256
+from pipeline.split import LABEL, TEXT, to_canonical
 
 METRICS_DIR = Path(__file__).parent / "metrics"
+
+
+@dataclass(frozen=True)
+class EvaluationReport:
+    metrics: dict[str, float]     # flat, stable names: what MLflow, the gates and `tunegate models` read
+    details: dict[str, Any]       # everything else in the JSON report: confusion matrix, groups, timings
+    path: Path                    # evaluation.json
+    artifacts: list[Path]         # the JSON, the HTML page and its plots
 
 
 def load_metric(name: str) -> evaluate.EvaluationModule:
@@ -25,36 +48,194 @@ def load_metric(name: str) -> evaluate.EvaluationModule:
     return evaluate.load(str(script))
 
 
-def compute_metrics(names: list[str], predictions: np.ndarray, references: np.ndarray) -> dict[str, float]:
+def compute_metrics(settings: EvaluateConfig, probs: np.ndarray, references: np.ndarray) -> dict[str, float]:
+    """evaluate.metrics on class probabilities; a module whose predictions feature is a list gets the
+    probabilities, any other the predicted class ids."""
     scores: dict[str, float] = {}
-    for name in names:
-        scores.update(load_metric(name).compute(predictions=predictions, references=references))
+    options = settings.metric_options or {}
+    for name in settings.metrics:
+        metric = load_metric(name)
+        takes_probs = isinstance(metric.features["predictions"], datasets.List)
+        predictions = probs if takes_probs else probs.argmax(axis=1)
+        try:
+            scores.update(metric.compute(predictions=predictions, references=references, **options.get(name, {})))
+        except (TypeError, ValueError) as exc:
+            if name not in options:
+                raise
+            raise ConfigError(f"evaluate.metric_options.{name} {options[name]}: {exc}") from exc
     return scores
+
+
+def length_sorted_batches(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int, batch_size: int,
+                          device: torch.device) -> Iterator[tuple[np.ndarray, BatchEncoding]]:
+    """(row indices, padded batch) in order of text length, so that padding stays short."""
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    for start in range(0, len(texts), batch_size):
+        idx = order[start:start + batch_size]
+        batch = tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=max_length,
+                          return_tensors="pt")
+        yield idx, batch.to(device)
 
 
 @torch.inference_mode()
 def predict_proba(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str],
                   max_length: int, batch_size: int) -> np.ndarray:
-    """Class probabilities, one row per text; batches of similar lengths so that padding stays short."""
+    """Class probabilities, one row per text."""
     model.eval()
-    order = np.argsort([len(t) for t in texts])
-    collator = DataCollatorWithPadding(tokenizer)
-    encoded = tokenizer(texts, truncation=True, max_length=max_length)
-    device = next(model.parameters()).device
     probs = np.empty((len(texts), model.config.num_labels), dtype=np.float32)
-    for start in range(0, len(texts), batch_size):
-        idx = order[start:start + batch_size]
-        features = [{key: values[i] for key, values in encoded.items()} for i in idx]
-        batch = {k: v.to(device) for k, v in collator(features).items()}
-        logits = model(**batch).logits.float()
-        probs[idx] = torch.softmax(logits, dim=-1).cpu().numpy()
+    for idx, batch in length_sorted_batches(tokenizer, texts, max_length, batch_size, model.device):
+        probs[idx] = torch.softmax(model(**batch).logits.float(), dim=-1).cpu().numpy()
     return probs
 
 
-def evaluate_model(config: Config, model_dir: Path, test_frame: pd.DataFrame) -> dict[str, float]:
-    """Task metrics of a saved model on the test split, named `test_<metric>`."""
-    model, tokenizer = load_classifier(model_dir), load_tokenizer(model_dir)
-    probs = predict_proba(model, tokenizer, test_frame[TEXT].tolist(), config.model.max_length,
+@torch.inference_mode()
+def embed(encoder: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int,
+          batch_size: int) -> np.ndarray:
+    """Sentence embeddings: the encoder's last hidden states, mean-pooled over the attention mask
+    (the pooling all-MiniLM-L6-v2 was trained with)."""
+    encoder.eval()
+    vectors = np.empty((len(texts), encoder.config.hidden_size), dtype=np.float32)
+    for idx, batch in length_sorted_batches(tokenizer, texts, max_length, batch_size, encoder.device):
+        hidden = encoder(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        vectors[idx] = ((hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)).float().cpu().numpy()
+    return vectors
+
+
+def benchmark_files(config: Config) -> dict[str, Path]:
+    """Every file the evaluation reads besides the test split, by its params.yaml key; checked before any work."""
+    settings = config.evaluate
+    files = {f"evaluate.general[{i}].path": b.path for i, b in enumerate(settings.general)}
+    files |= {f"evaluate.earlier_tasks[{i}].path": t.path for i, t in enumerate(settings.earlier_tasks)}
+    if settings.counterfactual is not None:
+        files["evaluate.counterfactual.path"] = settings.counterfactual.path
+    paths = {key: config.path(path) for key, path in files.items()}
+    for key, path in paths.items():
+        if not path.is_file():
+            raise DataError(f"Benchmark file {path} not found: set {key} in params.yaml to an existing file, "
+                            f"or remove that entry to skip it.")
+    for i, benchmark in enumerate(settings.general):
+        general.kind_of(benchmark, i)
+    return paths
+
+
+def task_suite(config: Config, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+               frame: pd.DataFrame) -> tuple[dict[str, float], np.ndarray]:
+    """evaluate.metrics on a frame of the split format, and the predicted class probabilities."""
+    probs = predict_proba(model, tokenizer, frame[TEXT].tolist(), config.model.max_length, config.evaluate.batch_size)
+    return compute_metrics(config.evaluate, probs, frame[LABEL].to_numpy()), probs
+
+
+def earlier_task_scores(config: Config, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                        paths: dict[str, Path]) -> dict[str, float]:
+    scores: dict[str, float] = {}
+    for i, task in enumerate(config.evaluate.earlier_tasks):
+        data = dataclasses.replace(config.data, text_column=task.text_column, label_column=task.label_column)
+        frame = to_canonical(read_table(paths[f"evaluate.earlier_tasks[{i}].path"]), data, task.path)
+        metrics, _ = task_suite(config, model, tokenizer, frame)
+        scores |= {f"earlier_{task.name}_{name}": value for name, value in metrics.items()}
+    return scores
+
+
+def general_scores(config: Config, encoder: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                   paths: dict[str, Path]) -> dict[str, float]:
+    """Each general benchmark's score for an encoder, by benchmark name."""
+    def encode(texts: list[str]) -> np.ndarray:
+        return embed(encoder, tokenizer, texts, config.model.max_length, config.evaluate.batch_size)
+
+    return {b.name: general.score(b, paths[f"evaluate.general[{i}].path"], encode)
+            for i, b in enumerate(config.evaluate.general)}
+
+
+def base_general_scores(config: Config, paths: dict[str, Path]) -> dict[str, float]:
+    """The base model's general scores, from the cache; the base model is loaded only for what is missing."""
+    base_dir = resolve_model_path(config.model.base, config.project_dir)
+    weights = weights_sha256(base_dir)
+    cache_dir = config.path(config.evaluate.base_cache_dir)
+    files = {b.name: general.base_cache_file(cache_dir, b, paths[f"evaluate.general[{i}].path"], weights,
+                                             config.model.max_length)
+             for i, b in enumerate(config.evaluate.general)}
+    scores = {name: general.read_cached(file) for name, file in files.items()}
+    if any(value is None for value in scores.values()):
+        # The base checkpoint loaded as the candidates are, so its encoder is the same module
+        # (a classification head is added and never used).
+        fresh = general_scores(config, backbone(load_classifier(base_dir)), load_tokenizer(base_dir), paths)
+        for benchmark in config.evaluate.general:
+            if scores[benchmark.name] is None:
+                scores[benchmark.name] = fresh[benchmark.name]
+                general.write_cached(files[benchmark.name], benchmark, config.model.base, fresh[benchmark.name])
+    return scores
+
+
+def counterfactual_suite(config: Config, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                         path: Path) -> list[model_bias.AttributeGap]:
+    counterfactual = config.evaluate.counterfactual
+    frame = read_table(path)
+    model_bias.check_columns(frame, counterfactual, str(path))
+    probs = predict_proba(model, tokenizer, frame[counterfactual.text_column].tolist(), config.model.max_length,
                           config.evaluate.batch_size)
-    scores = compute_metrics(config.evaluate.metrics, probs.argmax(axis=1), test_frame[LABEL].to_numpy())
-    return {f"test_{name}": value for name, value in scores.items()}
+    positive = config.data.label_values.index(config.audit.bias.positive_label)
+    return model_bias.counterfactual_gaps(frame, probs[:, positive], counterfactual)
+
+
+def group_suite(config: Config, frame: pd.DataFrame, probs: np.ndarray) -> list[model_bias.CategoryGroups]:
+    """Group metrics on the identity slices of a split, found with the audit's lexicon and settings."""
+    settings = config.audit.bias
+    lexicon = bias.load_lexicon(config.path(settings.lexicon) if settings.lexicon else None)
+    positive = config.data.label_values.index(settings.positive_label)
+    return model_bias.group_metrics(bias.find_mentions(frame[TEXT], lexicon),
+                                    (frame[LABEL] == settings.positive_label).to_numpy(),
+                                    probs.argmax(axis=1) == positive, settings.min_slice_rows)
+
+
+def evaluate_model(config: Config, model_dir: Path, test_frame: pd.DataFrame, report_dir: Path) -> EvaluationReport:
+    """Evaluate a saved classifier on everything params.yaml's evaluate section lists; write the report."""
+    paths = benchmark_files(config)
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+
+    def lap(part: str) -> None:
+        nonlocal started
+        now = time.perf_counter()
+        seconds[part] = round(now - started, 2)
+        started = now
+
+    model, tokenizer = load_classifier(model_dir), load_tokenizer(model_dir)
+    lap("load")
+    task, probs = task_suite(config, model, tokenizer, test_frame)
+    metrics = {f"test_{name}": value for name, value in task.items()}
+    labels = test_frame[LABEL].to_numpy()
+    details: dict[str, Any] = {
+        "model": str(model_dir), "base_model": config.model.base,
+        "task": {"rows": len(test_frame), "labels": config.data.labels,
+                 "confusion_matrix": confusion_matrix(labels, probs.argmax(axis=1),
+                                                      labels=config.data.label_values).tolist()}}
+    groups = group_suite(config, test_frame, probs)
+    metrics |= model_bias.group_summary_metrics(groups)
+    details["groups"] = {"min_rows": config.audit.bias.min_slice_rows, "categories": [g.as_dict() for g in groups]}
+    lap("task")
+    metrics |= earlier_task_scores(config, model, tokenizer, paths)
+    lap("earlier_tasks")
+
+    candidate = general_scores(config, backbone(model), tokenizer, paths)
+    lap("general")
+    base = base_general_scores(config, paths) if candidate else {}
+    lap("general_base")
+    details["general"] = {}
+    for benchmark in config.evaluate.general:
+        name = benchmark.name
+        metrics[general.score_name(benchmark)] = candidate[name]
+        metrics |= general.forgetting(name, base[name], candidate[name])
+        details["general"][name] = {"kind": benchmark.kind, "score": general.KINDS[benchmark.kind].score,
+                                    "base": base[name], "candidate": candidate[name]}
+
+    if config.evaluate.counterfactual is not None:
+        gaps = counterfactual_suite(config, model, tokenizer, paths["evaluate.counterfactual.path"])
+        metrics |= model_bias.counterfactual_metrics(config.evaluate.counterfactual.name, gaps)
+        details["counterfactual"] = {"name": config.evaluate.counterfactual.name,
+                                     "alpha": config.evaluate.counterfactual.alpha,
+                                     "attributes": [gap.as_dict() for gap in gaps]}
+    lap("counterfactual")
+    details["seconds"] = seconds
+    path, artifacts = write_report(report_dir, metrics, details)
+    return EvaluationReport(metrics=metrics, details=details, path=path, artifacts=artifacts)

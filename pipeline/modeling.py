@@ -1,6 +1,7 @@
 """The model hub: the one place that finds and loads base models and tokenizers, from local paths only."""
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.metadata
 import importlib.util
@@ -44,6 +45,12 @@ def load_tokenizer(model_dir: Path) -> PreTrainedTokenizerBase:
     return AutoTokenizer.from_pretrained(model_dir)
 
 
+def count_tokens(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[int]:
+    """Tokens per text, special tokens included, before truncation: what training cuts at model.max_length."""
+    encoded = tokenizer(texts, return_attention_mask=False, return_token_type_ids=False, verbose=False)
+    return [len(ids) for ids in encoded["input_ids"]]
+
+
 def load_classifier(model_dir: Path, labels: dict[int, str] | None = None,
                     four_bit: QloraConfig | None = None) -> PreTrainedModel:
     """A sequence classifier: a model directory, or an adapter directory on the base model it records.
@@ -64,6 +71,15 @@ def load_classifier(model_dir: Path, labels: dict[int, str] | None = None,
         return AutoModelForSequenceClassification.from_pretrained(model_dir, **kwargs)
     except (OSError, ValueError) as exc:
         raise ModelError(f"Cannot load a sequence classifier from {model_dir}: {exc}") from exc
+
+
+def backbone(model: PreTrainedModel) -> PreTrainedModel:
+    """The encoder under a classifier's head, under a peft wrapper too: what sentence embeddings come from."""
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        model = model.get_base_model()
+    return model.base_model
 
 
 def base_model_name(adapter_dir: Path) -> str:
@@ -109,3 +125,18 @@ def _bnb_4bit(four_bit: QloraConfig):
                               bnb_4bit_compute_dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16,
                               # the classifier head is new and small: it trains in full precision
                               llm_int8_skip_modules=["classifier", "score"])
+WEIGHT_FILES = ("*.safetensors", "*.bin")
+
+
+def weights_sha256(model_dir: Path) -> str:
+    """A hash of a model directory's weight files: equal hashes, equal weights."""
+    files = sorted(path for pattern in WEIGHT_FILES for path in Path(model_dir).glob(pattern))
+    if not files:
+        raise ModelError(f"No weight files ({', '.join(WEIGHT_FILES)}) in {model_dir}.")
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode())
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()

@@ -13,8 +13,10 @@ from mlflow.exceptions import MlflowException
 
 from pipeline.config import Config
 from pipeline.modeling import base_model_requirements
+from pipeline.errors import ModelError
 
 CHAMPION, CHALLENGER = "champion", "challenger"
+MODEL_ARTIFACT = "model"   # the transformers directory inside the logged pyfunc model's artifacts
 PIPELINE_PACKAGE = Path(__file__).parent
 # What the logged model needs to load and predict; inferring it fails (it imports torchvision).
 SERVING_REQUIREMENTS = ["torch==2.13.0", "transformers==5.23.0", "peft==0.21.2", "pandas", "numpy", "evaluate",
@@ -53,15 +55,16 @@ class TextClassifier(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         from pipeline.modeling import load_classifier, load_tokenizer
 
-        model_dir = Path(context.artifacts["model"])
+        model_dir = Path(context.artifacts[MODEL_ARTIFACT])
         self.model = load_classifier(model_dir)
         self.tokenizer = load_tokenizer(model_dir)
         self.max_length = int(context.model_config.get("max_length", 128))
 
-    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         from pipeline.evaluation import predict_proba
 
-        texts = model_input.iloc[:, 0].astype(str).tolist() if isinstance(model_input, pd.DataFrame) else list(model_input)
+        # MLflow hands over a DataFrame whether it was given one or a list of strings.
+        texts = model_input.iloc[:, 0].astype(str).tolist()
         probs = predict_proba(self.model, self.tokenizer, texts, self.max_length, batch_size=64)
         names = self.model.config.id2label
         best = probs.argmax(axis=1)
@@ -118,11 +121,11 @@ def register_candidate(config: Config, candidate: Candidate) -> RegisteredVersio
         mlflow.set_tags(candidate.tags)
         for artifact in candidate.artifacts:
             mlflow.log_artifact(str(artifact), artifact_path="reports")
-        example = pd.DataFrame({"text": ["a gripping, beautifully acted film", "dull and far too long"]})
+        example = ["a gripping, beautifully acted film", "dull and far too long"]
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=TextClassifier(),
-            artifacts={"model": str(candidate.model_dir)},
+            artifacts={MODEL_ARTIFACT: str(candidate.model_dir)},
             code_paths=[str(PIPELINE_PACKAGE)],
             model_config={"max_length": config.model.max_length},
             input_example=example,
@@ -176,3 +179,15 @@ def list_versions(config: Config) -> list[VersionRow]:
         rows.append(VersionRow(str(version.version), sorted(aliases.get(str(version.version), [])), created,
                                metrics, dict(version.tags)))
     return rows
+
+
+def download_classifier(config: Config, model_uri: str) -> Path:
+    """The transformers directory of a registered version, `models:/name/version` or `models:/name@alias`
+    (a local store's files are used where they are, a server's are downloaded)."""
+    connect(config)
+    try:
+        path = mlflow.artifacts.download_artifacts(artifact_uri=f"{model_uri.rstrip('/')}/artifacts/{MODEL_ARTIFACT}")
+    except MlflowException as exc:
+        raise ModelError(f"Cannot fetch {model_uri} from the registry at {tracking_uri(config)}: {exc.message} "
+                         f"`tunegate models` lists the registered versions.") from exc
+    return Path(path)

@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 from datasets import Dataset
 from peft import PeftModel
+from scipy.special import softmax
 from transformers import (DataCollatorWithPadding, EarlyStoppingCallback, PreTrainedModel, PreTrainedTokenizerBase,
                           Trainer, TrainerState, TrainingArguments, set_seed)
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -69,9 +70,9 @@ def _cpu_has_amx() -> bool:
 
 
 def tokenize(frame: pd.DataFrame, tokenizer: PreTrainedTokenizerBase, max_length: int) -> Dataset:
-    dataset = Dataset.from_pandas(frame[[TEXT, LABEL]].rename(columns={LABEL: "labels"}), preserve_index=False)
-    return dataset.map(lambda batch: tokenizer(batch[TEXT], truncation=True, max_length=max_length),
-                       batched=True, remove_columns=[TEXT])
+    """Token ids without padding (the collator pads per batch); one fast tokenizer call for the whole frame."""
+    encoded = tokenizer(frame[TEXT].tolist(), truncation=True, max_length=max_length)
+    return Dataset.from_dict({**encoded, "labels": frame[LABEL].tolist()})
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
@@ -135,7 +136,7 @@ def train_model(config: Config, train_frame: pd.DataFrame, validation_frame: pd.
 
     def trainer_metrics(eval_pred) -> dict[str, float]:
         logits, labels = eval_pred
-        return compute_metrics(config.evaluate.metrics, np.argmax(logits, axis=-1), labels)
+        return compute_metrics(config.evaluate, softmax(logits, axis=-1), labels)
 
     optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, setup.model)
     early_stopping = [EarlyStoppingCallback(train_cfg.early_stopping_patience)] if train_cfg.early_stopping_patience else []
@@ -167,8 +168,9 @@ def train_model(config: Config, train_frame: pd.DataFrame, validation_frame: pd.
 
 def check_best_metric(config: Config) -> None:
     """train.best_metric must be a score the validation produces: the loss, or one of evaluate.metrics' outputs."""
-    # A metric module names its outputs only when it computes them: score two dummy predictions.
-    names = ["loss", *compute_metrics(config.evaluate.metrics, np.array([0, 1]), np.array([0, 1]))]
+    # A metric module names its outputs only when it computes them: score one sure prediction per class.
+    classes = len(config.data.labels)
+    names = ["loss", *compute_metrics(config.evaluate, np.eye(classes), np.arange(classes))]
     if config.train.best_metric not in names:
         raise ConfigError(f"train.best_metric is {config.train.best_metric!r}, which the validation does not "
                           f"produce with evaluate.metrics {config.evaluate.metrics}; use one of: {', '.join(names)}.")

@@ -51,6 +51,22 @@ def write_sst2_slice(raw_dir: Path) -> None:
         frame.to_csv(raw_dir / f"{name}.tsv", sep="\t", index=False)
 
 
+# Benchmark slices: the first STS-B test pairs; the EEC sentences of two templates (one emotion
+# word each, all 60 persons), enough for every pairing of the counterfactual test.
+STSB_PAIRS = 40
+EEC_SLICE = {"<person subject> feels <emotion word>.": "angry", "I made <person object> feel <emotion word>.": "happy"}
+
+
+def write_benchmark_slices(raw_dir: Path) -> None:
+    (raw_dir / "stsb").mkdir(parents=True, exist_ok=True)
+    lines = (REPO / "data/raw/stsb/sts-test.csv").read_text(encoding="utf-8").splitlines(keepends=True)
+    (raw_dir / "stsb/sts-test.csv").write_text("".join(lines[:STSB_PAIRS]), encoding="utf-8")
+    eec = pd.read_csv(REPO / "data/raw/eec/Equity-Evaluation-Corpus.csv", keep_default_na=False, dtype=str)
+    keep = eec["Template"].map(EEC_SLICE) == eec["Emotion word"]
+    (raw_dir / "eec").mkdir(parents=True, exist_ok=True)
+    eec[keep].to_csv(raw_dir / "eec/Equity-Evaluation-Corpus.csv", index=False)
+
+
 def git(project: Path, *args: str) -> None:
     subprocess.run(["git", *args], cwd=project, check=True, capture_output=True)
 
@@ -62,6 +78,7 @@ def make_project(root: Path, params: dict) -> Path:
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     write_sst2_slice(root / "data/raw/sst2")
+    write_benchmark_slices(root / "data/raw")
     git(root, "init", "-q")
     git(root, "config", "user.email", "tests@tunegate.invalid")
     git(root, "config", "user.name", "tunegate tests")

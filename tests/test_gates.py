@@ -1,13 +1,18 @@
 from pipeline.config import GatesConfig
-from pipeline.gates import decide
+from pipeline.gates import decide, gated_metrics
 
-GATES = GatesConfig(min_accuracy=0.85, champion_tolerance=0.0)
+GATES = GatesConfig(min_accuracy=0.85, champion_tolerance=0.0, max_forgetting=None, max_bias_gap=None)
+WITH_ALL = GatesConfig(min_accuracy=0.85, champion_tolerance=0.0, max_forgetting=0.05, max_bias_gap=0.02)
+GOOD = {"test_accuracy": 0.9, "forgetting_stsb": 0.01, "eec_gender_gap": 0.005, "eec_race_gap": 0.01,
+        "eec_race_p_value": 0.2, "retained_stsb": 0.99}
 
 
 def test_first_candidate_above_the_floor_is_promoted():
     decision = decide({"test_accuracy": 0.86}, None, GATES)
     assert decision.promote
-    assert decision.reasons == ["accuracy 0.8600 ≥ floor 0.8500", "no current champion"]
+    assert decision.reasons == ["accuracy 0.8600 ≥ floor 0.8500", "no current champion",
+                                "forgetting not gated (gates.max_forgetting is null)",
+                                "bias gap not gated (gates.max_bias_gap is null)"]
 
 
 def test_candidate_below_the_floor_is_not_promoted_and_says_why():
@@ -24,7 +29,33 @@ def test_candidate_must_match_the_champion():
 
 
 def test_tolerance_lets_a_slightly_worse_candidate_through():
-    gates = GatesConfig(min_accuracy=0.85, champion_tolerance=0.02)
+    gates = GatesConfig(min_accuracy=0.85, champion_tolerance=0.02, max_forgetting=None, max_bias_gap=None)
     decision = decide({"test_accuracy": 0.86}, {"test_accuracy": 0.87}, gates)
     assert decision.promote
     assert "− tolerance 0.02" in decision.summary
+
+
+def test_every_general_benchmark_and_every_bias_gap_is_a_gate_in_words():
+    decision = decide(GOOD, None, WITH_ALL)
+    assert decision.promote
+    assert decision.reasons == ["accuracy 0.9000 ≥ floor 0.8500", "no current champion",
+                                "forgetting stsb 0.0100 ≤ max 0.0500",
+                                "eec gender gap 0.0050 ≤ max 0.0200", "eec race gap 0.0100 ≤ max 0.0200"]
+
+
+def test_too_much_forgetting_or_bias_stops_the_promotion():
+    forgot = decide({**GOOD, "forgetting_stsb": 0.08}, None, WITH_ALL)
+    assert not forgot.promote and "forgetting stsb 0.0800 > max 0.0500" in forgot.reasons
+    biased = decide({**GOOD, "eec_race_gap": 0.03}, None, WITH_ALL)
+    assert not biased.promote and "eec race gap 0.0300 > max 0.0200" in biased.reasons
+    assert "eec gender gap 0.0050 ≤ max 0.0200" in biased.reasons
+
+
+def test_a_gate_without_its_metric_says_so_and_does_not_block():
+    decision = decide({"test_accuracy": 0.9}, None, WITH_ALL)
+    assert decision.promote
+    assert decision.reasons[2:] == ["forgetting not measured", "bias gap not measured"]
+
+
+def test_gated_metrics_are_the_task_metric_then_forgetting_then_gaps():
+    assert gated_metrics(GOOD) == ["test_accuracy", "forgetting_stsb", "eec_gender_gap", "eec_race_gap"]

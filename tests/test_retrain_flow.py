@@ -1,8 +1,10 @@
 """The whole flow on a small real slice: real model, real Great Expectations, DVC, MLflow and Prefect."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import mlflow
 import pandas as pd
@@ -12,7 +14,7 @@ import yaml
 from flows.retrain import retrain
 from pipeline import registry
 from pipeline.config import load_config
-from pipeline.errors import AuditFailed
+from pipeline.errors import AuditFailed, DataError
 from tests.conftest import make_project, small_params
 
 
@@ -41,9 +43,20 @@ def test_first_run_registers_a_champion_with_lineage(trained_project):
     assert version.tags["params_hash"] == config.params_hash()
     assert version.tags["promotion_decision"] == "champion"
     run = client.get_run(version.run_id)
+    reports = {a.path for a in client.list_artifacts(run.info.run_id, "reports")}
+    assert {"reports/audit.json", "reports/audit.html", "reports/evaluation.json",
+            "reports/evaluation.html", "reports/confusion_matrix.png"} <= reports
     assert run.data.params["train.method"] == "lora"
     assert run.data.metrics["test_accuracy"] == pytest.approx(first.metrics["test_accuracy"])
     assert 0 < run.data.metrics["trainable_params"] < run.data.metrics["total_params"]
+
+
+def test_summary_prints_the_audit_verdict_and_its_warnings(trained_project):
+    project, first, _ = trained_project
+    lines = str(first).splitlines()
+    assert lines[0].split(None, 1) == ["audit", first.audit] and first.audit.startswith("passed, ")
+    assert first.audit_failures and all(line.startswith("warning: data/raw/sst2/") for line in first.audit_failures)
+    assert lines[1:1 + len(first.audit_failures)] == [f"  {line}" for line in first.audit_failures]
 
 
 def test_champion_loads_and_predicts_label_names(trained_project):
@@ -55,13 +68,15 @@ def test_champion_loads_and_predicts_label_names(trained_project):
     assert len(predictions) == 3
     assert set(predictions["label"]) <= {"negative", "positive"}
     assert predictions["score"].between(0.5, 1.0).all()
+    as_list = model.predict(["a moving, funny film", "a dull mess", "fine"])
+    pd.testing.assert_frame_equal(as_list, predictions)
 
 
 def test_second_run_that_fails_a_gate_is_challenger_and_says_why(trained_project):
     project, first, second = trained_project
     assert second.data_version == first.data_version          # same data: dvc repro was a no-op
     assert (second.version, second.alias) == ("2", "challenger")
-    assert f"< floor 1.0000" in second.reason
+    assert "< floor 1.0000" in second.reason
     config = load_config(project)
     champion = registry.champion(config)
     assert champion.version == "1"
@@ -80,15 +95,28 @@ def test_models_command_prints_versions_aliases_and_metrics(trained_project):
     assert f"{first.metrics['test_accuracy']:.4f}" in lines[2]
 
 
-@pytest.mark.parametrize("break_file, message", [
-    (lambda f: f.drop(columns=["sentence"]), "column 'sentence' is missing"),
-    (lambda f: f.assign(label=["3"] + list(f["label"][1:])), "outside the label set ['0', '1']: ['3'] at data rows [1]"),
+def _rewrite(change):
+    def rewrite(path):
+        change(pd.read_csv(path, sep="\t", dtype=str)).to_csv(path, sep="\t", index=False)
+    return rewrite
+
+
+def _latin1(path):
+    path.write_bytes(path.read_bytes() + "caf\u00e9 cr\u00e8me\t1\n".encode("latin-1"))
+
+
+@pytest.mark.parametrize("break_file, error, message", [
+    (_rewrite(lambda f: f.drop(columns=["sentence"])), AuditFailed, "column 'sentence' is missing"),
+    (_rewrite(lambda f: f.assign(label=["positive"] + list(f["label"][1:]))), AuditFailed,
+     "error: data/raw/sst2/train.tsv: label_type (label): 1 row(s) (0.25%) are not integers; e.g. row 1: 'positive'"
+     "\n  error: data/raw/sst2/train.tsv: label_in_set (label): 1 row(s) (0.25%) are outside the label set "
+     "['0', '1']; e.g. row 1: 'positive'"),
+    (_latin1, DataError, "train.tsv: not UTF-8 text: byte 0xe9 at line 402, column 4"),
 ])
-def test_bad_data_stops_the_run_at_the_audit_and_registers_nothing(tmp_path, break_file, message):
+def test_bad_data_stops_the_run_at_the_audit_and_registers_nothing(tmp_path, break_file, error, message):
     project = make_project(tmp_path / "project", small_params())
-    train = project / "data/raw/sst2/train.tsv"
-    break_file(pd.read_csv(train, sep="\t", dtype=str)).to_csv(train, sep="\t", index=False)
-    with pytest.raises(AuditFailed, match="Data audit failed") as info:
+    break_file(project / "data/raw/sst2/train.tsv")
+    with pytest.raises(error) as info:
         retrain(str(project))
     assert message in str(info.value)
     assert not (project / "dvc.lock").exists()
@@ -104,4 +132,41 @@ def test_cli_exits_non_zero_with_the_message_on_bad_data(tmp_path):
     assert result.returncode == 1
     assert "tunegate: error: Data audit failed" in result.stderr
     assert "column 'label' is missing" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_the_run_logs_the_evaluation_report_and_its_key_numbers(trained_project):
+    project, first, second = trained_project
+    config = load_config(project)
+    client = registry.connect(config)
+    run = client.get_run(client.get_model_version(config.registry.model_name, "1").run_id)
+    for name in ("test_f1_macro", "test_ece", "general_stsb_spearman", "forgetting_stsb", "retained_stsb",
+                 "eec_gender_gap", "eec_race_gap", "eec_race_p_value"):
+        assert run.data.metrics[name] == pytest.approx(first.metrics[name], nan_ok=True)
+    logged = {f.path for f in client.list_artifacts(run.info.run_id, "reports")}
+    assert {"reports/evaluation.json", "reports/evaluation.html", "reports/confusion_matrix.png",
+            "reports/general_base_vs_candidate.png", "reports/counterfactual_groups.png"} <= logged
+    # Every gate is said in words, the forgetting and bias gates too.
+    assert "forgetting stsb" in first.reason and "eec gender gap" in first.reason and "eec race gap" in first.reason
+
+
+def test_evaluate_command_scores_a_registered_version_as_the_flow_did(trained_project):
+    project, first, _ = trained_project
+    result = subprocess.run([sys.executable, "-m", "flows.cli", "--project-dir", str(project), "evaluate",
+                             "models:/tunegate-sst2/1"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    printed = dict(line.split(maxsplit=1) for line in result.stdout.splitlines())
+    assert float(printed["test_accuracy"]) == pytest.approx(first.metrics["test_accuracy"], abs=1e-4)
+    assert float(printed["forgetting_stsb"]) == pytest.approx(first.metrics["forgetting_stsb"], abs=1e-4)
+    assert printed["report"].endswith("models-tunegate-sst2-1/evaluation.json")
+    assert json.loads(Path(printed["report"]).read_text())["metrics"]["test_accuracy"] == pytest.approx(
+        first.metrics["test_accuracy"])
+
+
+def test_evaluate_command_says_what_is_wrong_with_a_bad_uri(trained_project):
+    project, _, _ = trained_project
+    result = subprocess.run([sys.executable, "-m", "flows.cli", "--project-dir", str(project), "evaluate",
+                             "models:/tunegate-sst2/99"], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "tunegate: error: Cannot fetch models:/tunegate-sst2/99" in result.stderr
     assert "Traceback" not in result.stderr
