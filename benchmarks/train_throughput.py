@@ -29,6 +29,7 @@ from pathlib import Path
 import pipeline  # noqa: F401,I001  (its environment, OpenMP settings included, before torch loads)
 import numpy as np
 import pandas as pd
+import torch
 from datasets import Dataset
 from peft import LoraConfig, TaskType, get_peft_model
 from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, default_data_collator, set_seed
@@ -68,6 +69,7 @@ def plain_trainer(config: Config, data: dict[str, pd.DataFrame], same_opts: bool
                 learning_rate=train.method_learning_rate, seed=train.seed, report_to="none")
     if same_opts:
         args.update(train_sampling_strategy="group_by_length", bf16=use_bf16(train.precision), data_seed=train.seed,
+                    use_cpu=not torch.cuda.is_available(),
                     weight_decay=train.weight_decay, warmup_steps=train.warmup_ratio,
                     lr_scheduler_type=train.lr_scheduler, max_grad_norm=train.max_grad_norm,
                     per_device_eval_batch_size=train.eval_batch_size, eval_strategy="steps",

@@ -92,6 +92,8 @@ def training_arguments(train: TrainConfig, checkpoint_dir: Path, bf16: bool) -> 
         lr_scheduler_type=train.lr_scheduler,
         max_grad_norm=train.max_grad_norm,
         bf16=bf16,
+        # Without use_cpu, transformers refuses bf16 where no GPU supports it, even on a bf16-capable CPU.
+        use_cpu=not torch.cuda.is_available(),
         # Batches of similar lengths, padded to their longest (DataCollatorWithPadding): on short texts
         # most of the compute of padding to max_length is spent on padding.
         train_sampling_strategy="group_by_length",

@@ -25,7 +25,8 @@ from pipeline.config import METHODS, Config, load_config
 from pipeline.errors import ConfigError, ModelError
 from pipeline.methods import METHOD_BUILDERS
 from pipeline.methods.layers import build_full
-from pipeline.modeling import ADAPTER_CONFIG, resolve_model_path
+from pipeline.evaluation import predict_proba
+from pipeline.modeling import ADAPTER_CONFIG, load_classifier, load_tokenizer, resolve_model_path
 from pipeline.split import LABEL, TEXT, read_split
 from pipeline.training import TrainResult, last_checkpoint, samples_trained, train_model
 from tests.conftest import REPO, make_project, small_params
@@ -76,7 +77,8 @@ def trained_methods(tmp_path_factory) -> dict[str, tuple[Config, TrainResult, re
     train, validation = sst2_rows("train", 32), sst2_rows("dev", 32)
     results = {}
     for method in TRAINABLE_METHODS:
-        config = tiny_config(root / "project", method=method, **METHOD_SETTINGS.get(method, {}))
+        # fp32: the registered model predicts in fp32, and its scores are compared with the Trainer's exactly.
+        config = tiny_config(root / "project", method=method, precision="fp32", **METHOD_SETTINGS.get(method, {}))
         trained = train_model(config, train, validation, root / "train" / method)
         candidate = registry.Candidate(model_dir=trained.model_dir, params=config.as_dict(),
                                        metrics=trained.as_metrics(), tags={"method": method}, artifacts=[])
@@ -165,6 +167,20 @@ def test_layer_wise_decay_gives_each_block_below_the_head_a_smaller_rate(tmp_pat
     assert id(params["bert.encoder.layer.0.output.dense.weight"]) in decayed
     assert id(params["bert.encoder.layer.0.output.LayerNorm.weight"]) not in decayed
     assert set(rate) == {id(p) for p in params.values()}, "every parameter is in one group"
+
+
+def test_bf16_autocast_trains_on_the_cpu_and_saves_fp32_weights(tmp_path):
+    config = tiny_config(tmp_path / "project", method="lora", precision="bf16")
+    validation = sst2_rows("dev", 32)
+    trained = train_model(config, sst2_rows("train", 32), validation, tmp_path / "train")
+    assert trained.precision == "bf16" and trained.best_step == 4
+    saved = weights(trained.model_dir)
+    assert {tensor.dtype for tensor in saved.values()} == {torch.float32}, "autocast keeps fp32 master weights"
+    model = load_classifier(trained.model_dir)
+    probs = predict_proba(model, load_tokenizer(trained.model_dir), validation[TEXT].tolist(), 32, 32)
+    loss = float(-np.log(probs[np.arange(len(validation)), validation[LABEL]]).mean())
+    # The Trainer scored the validation split under bf16 autocast (8 bits of mantissa), the saved model in fp32.
+    assert loss == pytest.approx(trained.validation_metrics["loss"], rel=1e-2)
 
 
 # --- determinism and resume ----------------------------------------------------------------------------------
