@@ -1,17 +1,20 @@
 """tunegate's trainer against a plain transformers Trainer script: same data, model, method and epochs, side by side.
 
-    python -m benchmarks.train_throughput [--rows 2000] [--rounds 3] [--plain-rounds 1] [-S key=value ...]
+    python -m benchmarks.train_throughput [--rows 2000] [--rounds 3] [--plain-rounds 3] [-S key=value ...]
 
 Three trainers of the default method (params.yaml: LoRA with its options, learning rate, batch size, epochs):
   plain            a plain Trainer script with default settings: fp32, every text padded to model.max_length,
                    random batches, the Trainer's default schedule and no validation
-  plain+same-opts  the same script given what tunegate does: padding per batch, length-grouped batches, bf16
-                   where tunegate picks it, tunegate's schedule, clipping and weight decay, and the same work:
-                   validation every eval_steps and at the end, checkpoints every save_steps, the best one kept
+  plain+same-opts  the same script given what tunegate does for speed: padding per batch, length-grouped
+                   batches, bf16 where tunegate picks it, and tunegate's schedule, clipping, weight decay and
+                   work: validation every eval_steps and at the end, checkpoints every save_steps, the best kept
   tunegate         pipeline.training.train_model, as the flow calls it
-They take turns in one process, the order reversed every other round, so that load on a shared machine
-hits them alike: plain+same-opts and tunegate in each of --rounds rounds, plain (ten times slower, and far
-from any threshold) in the first --plain-rounds. samples/s = training samples / wall seconds in
+  tunegate random  the same with train.length_window=1: random batches, still padded per batch
+Each round uses its own seed (train.seed + round) for all trainers, so that accuracy is compared over
+seeds, not on one lucky or unlucky batch order. Every run is a fresh process (same start-up, no caches
+or allocator state inherited), and the trainers take turns, the order reversed every other round, so
+that load on a shared machine hits them alike: plain+same-opts and tunegate in each of --rounds rounds,
+plain (several times slower) in the first --plain-rounds. samples/s = training samples / wall seconds in
 Trainer.train() (the same count for all three); cpu s = the process's CPU seconds in it, which load from
 other jobs does not inflate. Accuracy is on the 1,821 SST-2 test sentences.
 Writes benchmarks/results/train_throughput.json.
@@ -19,9 +22,10 @@ Writes benchmarks/results/train_throughput.json.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -41,7 +45,7 @@ from pipeline.split import LABEL, TEXT
 from pipeline.training import train_model, use_bf16
 
 RESULTS = Path(__file__).parent / "results" / "train_throughput.json"
-PLAIN, SAME_OPTS, TUNEGATE = "plain", "plain+same-opts", "tunegate"
+PLAIN, SAME_OPTS, TUNEGATE, RANDOM = "plain", "plain+same-opts", "tunegate", "tunegate random"
 
 
 def plain_trainer(config: Config, data: dict[str, pd.DataFrame], same_opts: bool, out: Path) -> dict[str, float]:
@@ -94,53 +98,76 @@ def tunegate_trainer(config: Config, data: dict[str, pd.DataFrame], out: Path) -
             "test_accuracy": saved_model_accuracy(trained.model_dir, config, data["test"])}
 
 
+TRAINERS = {PLAIN: lambda config, data, out: plain_trainer(config, data, False, out),
+            SAME_OPTS: lambda config, data, out: plain_trainer(config, data, True, out),
+            TUNEGATE: tunegate_trainer, RANDOM: tunegate_trainer}
+OVERRIDES = {RANDOM: ["train.length_window=1"]}   # of a trainer, after the command line's
+
+
+def run_in_child(name: str, rows: int, overrides: list[str]) -> dict[str, float]:
+    command = [sys.executable, "-m", "benchmarks.train_throughput", "--child", name, "--rows", str(rows),
+               *(f"-S{o}" for o in overrides)]
+    child = subprocess.run(command, capture_output=True, text=True)
+    if child.returncode != 0:
+        sys.exit(f"{name} failed:\n{child.stderr[-3000:]}")
+    return json.loads(child.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=2000, help="SST-2 training phrases (stratified sample)")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of plain+same-opts and tunegate")
-    parser.add_argument("--plain-rounds", type=int, default=1, help="the first N rounds also run plain")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of plain+same-opts and tunegate, one seed each")
+    parser.add_argument("--plain-rounds", type=int, default=3, help="the first N rounds also run plain")
     parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="a params.yaml override for all three, e.g. -S train.epochs=2")
+    parser.add_argument("--child", choices=TRAINERS, help=argparse.SUPPRESS)   # one run here, its row as JSON
     args = parser.parse_args()
     config = load_config(Path.cwd(), args.overrides)
-    data = sst2_slice(config, args.rows)
-    trainers = {PLAIN: lambda out: plain_trainer(config, data, False, out),
-                SAME_OPTS: lambda out: plain_trainer(config, data, True, out),
-                TUNEGATE: lambda out: tunegate_trainer(config, data, out)}
-    runs = []
+    if args.child:
+        with tempfile.TemporaryDirectory() as out:
+            print(json.dumps(TRAINERS[args.child](config, sst2_slice(config, args.rows), Path(out))))
+        return
+
+    started_on, runs = machine(), []
     for round_ in range(args.rounds):
-        names = list(trainers) if round_ < args.plain_rounds else [SAME_OPTS, TUNEGATE]
+        seed = config.train.seed + round_
+        names = list(TRAINERS) if round_ < args.plain_rounds else [SAME_OPTS, TUNEGATE, RANDOM]
         for name in names if round_ % 2 == 0 else reversed(names):
-            with tempfile.TemporaryDirectory() as out:
-                runs.append({"round": round_, "trainer": name, **trainers[name](Path(out))})
-            gc.collect()
-            print(runs[-1], flush=True)
+            run = run_in_child(name, args.rows, [*args.overrides, f"train.seed={seed}", *OVERRIDES.get(name, [])])
+            runs.append({"round": round_, "seed": seed, "trainer": name, **run})
+            print(runs[-1], file=sys.stderr, flush=True)
 
     def of(name: str, key: str, rounds: range | None = None) -> list[float]:
         return [run[key] for run in runs if run["trainer"] == name and (rounds is None or run["round"] in rounds)]
 
+    samples = args.rows * config.train.epochs
     summary = [{"trainer": name, "samples/s": statistics.mean(of(name, "samples_per_s")),
                 "samples/s per round": " ".join(f"{v:.1f}" for v in of(name, "samples_per_s")),
-                "samples per cpu s": len(data["train"]) * config.train.epochs / statistics.mean(of(name, "cpu_s")),
+                "samples per cpu s": samples / statistics.mean(of(name, "cpu_s")),
                 "train s": statistics.mean(of(name, "train_s")),
-                "test acc": statistics.mean(of(name, "test_accuracy"))} for name in trainers]
+                "test acc": statistics.mean(of(name, "test_accuracy")),
+                "test acc per round": " ".join(f"{v:.3f}" for v in of(name, "test_accuracy"))} for name in TRAINERS]
     # Ratios within a round (the same load), then their mean and worst.
     ratios = {}
-    for other, rounds in ((PLAIN, range(args.plain_rounds)), (SAME_OPTS, range(args.rounds))):
-        per_round = [t / o for t, o in zip(of(TUNEGATE, "samples_per_s", rounds), of(other, "samples_per_s"))]
-        cpu = [o / t for t, o in zip(of(TUNEGATE, "cpu_s", rounds), of(other, "cpu_s"))]
-        ratios[f"tunegate / {other}"] = {"mean": statistics.mean(per_round), "min": min(per_round),
-                                         "per_round": per_round, "per_cpu_second_mean": statistics.mean(cpu)}
-    report = {"rows": len(data["train"]), "epochs": config.train.epochs, "method": config.train.method,
+    for ours, other, rounds in ((TUNEGATE, PLAIN, range(args.plain_rounds)), (RANDOM, PLAIN, range(args.plain_rounds)),
+                                (TUNEGATE, SAME_OPTS, range(args.rounds))):
+        per_round = [t / o for t, o in zip(of(ours, "samples_per_s", rounds), of(other, "samples_per_s"))]
+        cpu = [o / t for t, o in zip(of(ours, "cpu_s", rounds), of(other, "cpu_s"))]
+        accuracy = [t - o for t, o in zip(of(ours, "test_accuracy", rounds), of(other, "test_accuracy"))]
+        ratios[f"{ours} / {other}"] = {"mean": statistics.mean(per_round), "min": min(per_round),
+                                       "per_round": per_round, "per_cpu_second_mean": statistics.mean(cpu),
+                                       "accuracy_difference_mean": statistics.mean(accuracy)}
+    report = {"rows": args.rows, "epochs": config.train.epochs, "method": config.train.method,
               "max_length": config.model.max_length, "batch_size": config.train.batch_size, "rounds": args.rounds,
-              "plain_rounds": args.plain_rounds, "overrides": args.overrides, "machine": machine(),
+              "plain_rounds": args.plain_rounds, "overrides": args.overrides, "machine": started_on,
               "summary": summary, "ratios": ratios, "runs": runs}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(table(summary))
     for name, ratio in ratios.items():
         print(f"{name}: samples/s ratio {ratio['mean']:.2f} (worst round {ratio['min']:.2f}); "
-              f"per CPU second {ratio['per_cpu_second_mean']:.2f}")
+              f"per CPU second {ratio['per_cpu_second_mean']:.2f}; "
+              f"test accuracy {ratio['accuracy_difference_mean']:+.3f}")
     print(f"wrote {RESULTS}")
 
 

