@@ -24,7 +24,7 @@ from pipeline.split import make_splits
 from pipeline.training import train_model
 
 RESULTS = Path(__file__).parent / "results" / "forgetting.json"
-RUNS = {"lora": [], "full": ["train.method=full", "train.learning_rate=5e-5"]}
+RUNS = {"lora": [], "full": ["train.method=full", "train.learning_rate.full=5e-5"]}
 SHOWN = ["test_accuracy", "test_f1_macro", "test_ece", "general_stsb_spearman", "forgetting_stsb", "retained_stsb",
          "eec_gender_gap", "eec_gender_p_value", "eec_race_gap", "eec_race_p_value", "group_dp_difference",
          "group_eo_difference"]
