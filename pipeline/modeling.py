@@ -89,9 +89,9 @@ def base_model_name(adapter_dir: Path) -> str:
 
 def base_model_requirements(model_dir: Path) -> list[str]:
     """pip requirements for serving model_dir besides tunegate's own: the package of a bundled base an adapter needs."""
-    if not (model_dir / ADAPTER_CONFIG).is_file() or base_model_name(model_dir) not in BUNDLED_MODELS:
+    name = base_model_name(model_dir) if (model_dir / ADAPTER_CONFIG).is_file() else None
+    if name not in BUNDLED_MODELS:
         return []
-    name = base_model_name(model_dir)
     return [f"{name}=={importlib.metadata.version(name)}"]
 
 
@@ -125,6 +125,8 @@ def _bnb_4bit(four_bit: QloraConfig):
                               bnb_4bit_compute_dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16,
                               # the classifier head is new and small: it trains in full precision
                               llm_int8_skip_modules=["classifier", "score"])
+
+
 WEIGHT_FILES = ("*.safetensors", "*.bin")
 
 

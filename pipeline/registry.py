@@ -12,8 +12,8 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from pipeline.config import Config
-from pipeline.modeling import base_model_requirements
 from pipeline.errors import ModelError
+from pipeline.modeling import base_model_requirements
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 MODEL_ARTIFACT = "model"   # the transformers directory inside the logged pyfunc model's artifacts
