@@ -3,13 +3,14 @@ can fix are printed as one message, with a non-zero exit."""
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import re
 import sys
 from pathlib import Path
 
 from pipeline import gates
-from pipeline.config import load_config
+from pipeline.config import json_schema, load_config
 from pipeline.errors import DataError, TunegateError
 
 KEY_METRICS = ("test_accuracy", "test_f1_macro")
@@ -29,6 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     audit = commands.add_parser("audit", help="audit one data file with params.yaml's columns, labels and checks; "
                                               "exit 1 if an error-severity check fails")
     audit.add_argument("path", type=Path, help="a CSV, TSV, Parquet or JSON Lines file")
+    commands.add_parser("schema", help="print the JSON schema of params.yaml (the project's params.schema.json)")
     return parser
 
 
@@ -85,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "retrain":
+            # A bad params.yaml or -S override fails here, in a second, not after Prefect and torch have loaded.
+            load_config(args.project_dir, args.overrides)
             from flows.retrain import retrain
 
             _quiet_user_errors()
@@ -93,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
             print(_models(args.project_dir))
         elif args.command == "evaluate":
             print(_evaluate(args.project_dir, args.model))
+        elif args.command == "schema":
+            print(json.dumps(json_schema(), indent=2))
         elif args.command == "audit":
             from pipeline.audit import audit_file
             from pipeline.audit_report import as_text
