@@ -6,6 +6,9 @@ import importlib
 import importlib.metadata
 import importlib.util
 import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -89,10 +92,25 @@ def load_classifier(model_dir: Path, labels: dict[int, str] | None = None,
         kwargs.update(quantization_config=_bnb_4bit(four_bit), device_map={"": torch.cuda.current_device()})
     require_safetensors(model_dir)
     try:
-        return AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True, **NO_REMOTE_CODE,
-                                                                  **kwargs)
+        with _new_head_expected(labels is not None):
+            return AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True,
+                                                                      **NO_REMOTE_CODE, **kwargs)
     except (OSError, ValueError) as exc:
         raise ModelError(f"Cannot load a sequence classifier from {model_dir}: {exc}") from exc
+
+
+@contextmanager
+def _new_head_expected(expected: bool) -> Iterator[None]:
+    """A fresh head for the task's labels is the point of loading with labels: transformers' warning table listing
+    its weights as MISSING would only alarm whoever reads the log."""
+    loader_log = logging.getLogger("transformers.modeling_utils")
+    level = loader_log.level
+    if expected:
+        loader_log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        loader_log.setLevel(level)
 
 
 def backbone(model: PreTrainedModel) -> PreTrainedModel:

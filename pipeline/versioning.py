@@ -1,6 +1,7 @@
 """DVC: the one module that reproduces the data stages and reads the data version from dvc.lock."""
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from contextlib import contextmanager
@@ -27,6 +28,19 @@ class DataVersion:
 
 
 @contextmanager
+def _quiet_dvc() -> Iterator[None]:
+    """DVC's own progress and its hints for a person at a shell ("git add dvc.lock", "enable auto staging") are
+    noise in a run's log; warnings and errors still show, and the flow logs the data version."""
+    dvc_log = logging.getLogger("dvc")
+    level = dvc_log.level
+    dvc_log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        dvc_log.setLevel(level)
+
+
+@contextmanager
 def _in_project(project_dir: Path) -> Iterator[None]:
     # DVC resolves targets and runs stage commands relative to the cwd, and dvc.yaml's
     # commands call `python`: run in the project, with this interpreter first on PATH.
@@ -43,7 +57,7 @@ def _in_project(project_dir: Path) -> Iterator[None]:
 def reproduce_splits(project_dir: Path) -> DataVersion:
     """`dvc repro split` (a no-op when data and params are unchanged), push to the default remote, read dvc.lock."""
     try:
-        with _in_project(project_dir), Repo(str(project_dir)) as repo:
+        with _in_project(project_dir), _quiet_dvc(), Repo(str(project_dir)) as repo:
             repo.reproduce(SPLIT_STAGE)
             if repo.config["core"].get("remote"):
                 repo.push()
