@@ -12,6 +12,7 @@ from pathlib import Path
 from pipeline import gates
 from pipeline.config import json_schema, load_config
 from pipeline.errors import DataError, TunegateError
+from pipeline.redaction import RedactingFilter, redact
 
 KEY_METRICS = ("test_accuracy", "test_f1_macro")
 
@@ -77,10 +78,12 @@ class _UserErrorsWithoutTraceback(logging.Filter):
         return True
 
 
-def _quiet_user_errors() -> None:
+def _filter_logs() -> None:
+    """On every handler Prefect set up (console, its API): user errors without tracebacks, credentials masked."""
     for logger in (logging.getLogger(), logging.getLogger("prefect")):
         for handler in logger.handlers:
             handler.addFilter(_UserErrorsWithoutTraceback())
+            handler.addFilter(RedactingFilter())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             load_config(args.project_dir, args.overrides)
             from flows.retrain import retrain
 
-            _quiet_user_errors()
+            _filter_logs()
             print(retrain(str(args.project_dir), args.overrides))
         elif args.command == "models":
             print(_models(args.project_dir))
@@ -107,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             print(as_text(report))
             return 0 if report.passed else 1
     except TunegateError as exc:
-        print(f"tunegate: error: {exc}", file=sys.stderr)
+        print(f"tunegate: error: {redact(str(exc))}", file=sys.stderr)
         return 1
     return 0
 

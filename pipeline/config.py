@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from pipeline.errors import ConfigError
+from pipeline.redaction import redact_values
 
 PARAMS_FILE = "params.yaml"
 # train.method -> a builder in pipeline/methods/ (METHOD_BUILDERS); this is what params.yaml may name.
@@ -305,7 +306,8 @@ class Config(Section):
         return (self.project_dir / relative).resolve()
 
     def as_dict(self) -> dict[str, Any]:
-        return self.model_dump()
+        """Every parameter, credentials in URIs masked: this is what is logged, hashed and shown."""
+        return redact_values(self.model_dump())
 
     def params_hash(self) -> str:
         """A short, stable hash of every parameter: equal hashes, equal configuration."""

@@ -1,6 +1,7 @@
 """MLflow: the one module that talks to the tracking store and the model registry."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ from mlflow.exceptions import MlflowException
 
 from pipeline.config import Config
 from pipeline.errors import ModelError
+from pipeline.redaction import redact_values
 from pipeline.modeling import base_model_requirements
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -115,6 +117,7 @@ def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def register_candidate(config: Config, candidate: Candidate) -> RegisteredVersion:
     """One MLflow run with params, metrics, lineage tags and reports; its model becomes a new registered version."""
     client = connect(config)
+    candidate = dataclasses.replace(candidate, params=redact_values(candidate.params), tags=redact_values(candidate.tags))
     with mlflow.start_run(run_name=f"{config.train.method}-{candidate.tags.get('params_hash', '')}") as run:
         mlflow.log_params(flatten(candidate.params))
         mlflow.log_metrics(candidate.metrics)

@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
+from pipeline.config import load_config
 from pipeline.errors import ModelError
 from pipeline.modeling import load_classifier, resolve_model_path
+from pipeline.redaction import RedactingFilter, redact
+from tests.conftest import REPO
 
 TINY_BERT = BertConfig(vocab_size=64, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16)
 
@@ -49,3 +53,26 @@ def test_code_shipped_with_a_model_is_never_run(tmp_path: Path):
     with pytest.raises(ModelError, match="contains custom code"):
         load_classifier(model_dir)
     assert not marker.exists()
+
+
+SECRET = "pl4nted-s3cret"
+
+
+def test_credentials_in_uris_and_secret_environment_values_are_masked(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", SECRET + "-token")
+    text = (f"postgresql://postgres:{SECRET}@127.0.0.1:5432/test, https://user:{SECRET}@mlflow.example/api, "
+            f"bearer {SECRET}-token, http://127.0.0.1:5000/ and sqlite:///mlflow/mlflow.db")
+    assert redact(text) == ("postgresql://postgres:***@127.0.0.1:5432/test, https://user:***@mlflow.example/api, "
+                            "bearer ***, http://127.0.0.1:5000/ and sqlite:///mlflow/mlflow.db")
+
+
+def test_params_never_hold_a_tracking_uri_password():
+    config = load_config(REPO, [f"registry.tracking_uri=postgresql://postgres:{SECRET}@127.0.0.1:5432/test"])
+    assert SECRET in config.registry.tracking_uri            # the store is still reached with it
+    assert SECRET not in json.dumps(config.as_dict())        # what is logged and hashed never shows it
+
+
+def test_log_records_are_masked_before_any_handler_writes_them():
+    record = logging.LogRecord("tunegate", logging.INFO, __file__, 1, "connecting to %s", (f"https://u:{SECRET}@h",),
+                               None)
+    assert RedactingFilter().filter(record) and record.getMessage() == "connecting to https://u:***@h"
