@@ -1,4 +1,4 @@
-"""The retraining flow: audit → split → train → evaluate → register → promote.
+"""The retraining flow: preflight → audit → split → train → evaluate → register → promote.
 
 Each task is a thin call into `pipeline/`; a failed task fails the flow, so nothing after it
 (registration, promotion) runs.
@@ -17,6 +17,7 @@ from pipeline.evaluation import EvaluationReport, evaluate_model
 from pipeline.errors import TunegateError
 from pipeline.lineage import git_commit
 from pipeline.methods import check_supported
+from pipeline.preflight import run_preflight
 from pipeline.split import read_split, split_paths
 from pipeline.training import TrainResult, train_model
 from pipeline.versioning import DataVersion, reproduce_splits
@@ -44,6 +45,11 @@ class RetrainSummary:
                   f"{'registered':<{width}} {self.model_name} version {self.version}",
                   f"{'decision':<{width}} {self.alias}: {self.reason}"]
         return "\n".join(lines)
+
+
+@task(name="preflight", cache_policy=NO_CACHE)
+def preflight_task(config: Config) -> None:
+    run_preflight(config)
 
 
 @task(name="audit", cache_policy=NO_CACHE)
@@ -110,6 +116,7 @@ def promote_task(config: Config, version: registry.RegisteredVersion) -> tuple[s
 def retrain(project_dir: str = ".", overrides: list[str] | None = None) -> RetrainSummary:
     config = load_config(Path(project_dir), overrides or [])
     check_supported(config.train)   # e.g. qlora without a GPU: stop before any work
+    preflight_task(config)          # disk, folders, base model, tracking store, DVC remote
     report = audit_task(config)
     data_version = split_task(config)
     trained = train_task.with_options(retries=config.train.retries)(config, data_version)

@@ -283,6 +283,11 @@ class RegistryConfig(Section):
     model_name: str
 
 
+class PreflightConfig(Section):
+    min_free_mb: Count            # free disk space every output folder needs before a run starts
+    store_timeout_s: Positive     # how long to wait for the tracking store to answer
+
+
 class Config(Section):
     data: DataConfig
     split: SplitConfig
@@ -292,6 +297,7 @@ class Config(Section):
     evaluate: EvaluateConfig
     gates: GatesConfig
     registry: RegistryConfig
+    preflight: PreflightConfig
     # The folder holding params.yaml; relative paths in the config resolve against it. Not a parameter.
     project_dir: Path = Field(default=Path("."), exclude=True)
 

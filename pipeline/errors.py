@@ -19,3 +19,7 @@ class AuditFailed(TunegateError):
 
 class ModelError(TunegateError):
     """A model cannot be found, loaded or trained as configured."""
+
+
+class EnvironmentProblem(TunegateError):
+    """Something around the run is missing or broken: a full disk, an unwritable folder, an unreachable store."""

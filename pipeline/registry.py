@@ -13,8 +13,8 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from pipeline.config import Config
-from pipeline.errors import ModelError
-from pipeline.redaction import redact_values
+from pipeline.errors import EnvironmentProblem, ModelError
+from pipeline.redaction import redact, redact_values
 from pipeline.modeling import base_model_requirements
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -82,6 +82,31 @@ def tracking_uri(config: Config) -> str:
         db.parent.mkdir(parents=True, exist_ok=True)
         uri = prefix + str(db)
     return uri
+
+
+def check_reachable(config: Config) -> None:
+    """The tracking store answers: a server's /health, or a connection to a database store."""
+    uri = tracking_uri(config)
+    timeout = config.preflight.store_timeout_s
+    fix = "start it, or set MLFLOW_TRACKING_URI (or registry.tracking_uri) to a store that runs"
+    if uri.startswith(("http://", "https://")):
+        import requests
+
+        try:
+            requests.get(f"{uri.rstrip('/')}/health", timeout=timeout).raise_for_status()
+        except requests.RequestException as exc:
+            raise EnvironmentProblem(f"Tracking server {redact(uri)} does not answer "
+                                     f"({redact(str(exc)).splitlines()[0][:200]}): {fix}.") from exc
+    elif not uri.startswith(("sqlite:", "file:")) and "://" in uri:
+        import sqlalchemy
+
+        options = {"connect_timeout": int(timeout)} if uri.startswith("postgresql") else {}
+        try:
+            with sqlalchemy.create_engine(uri, connect_args=options).connect():
+                pass
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            raise EnvironmentProblem(f"Tracking store {redact(uri)} cannot be reached "
+                                     f"({redact(str(exc.orig or exc)).splitlines()[0][:200]}): {fix}.") from exc
 
 
 def connect(config: Config) -> MlflowClient:

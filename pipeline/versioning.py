@@ -13,7 +13,7 @@ import yaml
 from dvc.exceptions import DvcException
 from dvc.repo import Repo
 
-from pipeline.errors import DataError
+from pipeline.errors import DataError, EnvironmentProblem
 
 SPLIT_STAGE = "split"
 
@@ -64,6 +64,23 @@ def reproduce_splits(project_dir: Path) -> DataVersion:
     except DvcException as exc:
         raise DataError(f"DVC could not reproduce the '{SPLIT_STAGE}' stage in {project_dir}: {exc}") from exc
     return read_data_version(project_dir)
+
+
+def check_remote(project_dir: Path) -> None:
+    """The default DVC remote (if any) can be reached and written: a split is pushed there before training."""
+    with _in_project(project_dir), _quiet_dvc(), Repo(str(project_dir)) as repo:
+        name = repo.config["core"].get("remote")
+        if not name:
+            return
+        url = repo.config["remote"][name]["url"]
+        try:
+            remote = repo.cloud.get_remote_odb(name)
+            remote.fs.makedirs(remote.path, exist_ok=True)   # a first push creates it; a vanished mount fails here
+            if not remote.fs.exists(remote.path):
+                raise FileNotFoundError(url)
+        except (DvcException, OSError) as exc:
+            raise EnvironmentProblem(f"DVC remote {name!r} at {url} cannot be reached ({exc}): restore it, or point "
+                                     f"it elsewhere with `dvc remote modify {name} url NEW_URL`.") from exc
 
 
 def read_data_version(project_dir: Path) -> DataVersion:
