@@ -237,11 +237,19 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class PromotionLockConfig:
+    lease_s: float        # a holder that crashed loses the lock after this long
+    wait_s: float         # how long a promotion waits for the lock before it gives up
+    poll_s: float         # how often a waiting promotion tries again
+
+
+@dataclass(frozen=True)
 class GatesConfig:
     min_accuracy: float
     champion_tolerance: float
     max_forgetting: float | None
     max_bias_gap: float | None
+    lock: PromotionLockConfig
 
 
 @dataclass(frozen=True)
@@ -396,6 +404,9 @@ def _validate(config: Config) -> None:
          f"split.max_train_rows must be positive or null, got {config.split.max_train_rows}."),
         (len(config.data.labels) >= 2, f"data.labels needs at least two labels, got {config.data.labels}."),
         (0 <= config.gates.min_accuracy <= 1, f"gates.min_accuracy must be in [0, 1], got {config.gates.min_accuracy}."),
+        (0 < config.gates.lock.poll_s <= config.gates.lock.wait_s,
+         f"gates.lock.poll_s must be positive and at most gates.lock.wait_s, got {config.gates.lock.poll_s}."),
+        (config.gates.lock.lease_s > 0, f"gates.lock.lease_s must be positive, got {config.gates.lock.lease_s}."),
         (config.model.max_length > 0, f"model.max_length must be positive, got {config.model.max_length}."),
         *_evaluate_checks(config),
         *_audit_checks(config),

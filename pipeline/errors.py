@@ -19,3 +19,7 @@ class AuditFailed(TunegateError):
 
 class ModelError(TunegateError):
     """A model cannot be found, loaded or trained as configured."""
+
+
+class PromotionError(TunegateError):
+    """A promotion, override or rollback cannot be done as asked; nothing was moved."""
