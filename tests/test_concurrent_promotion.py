@@ -49,7 +49,7 @@ def tracking_server(tmp_path):
     server = subprocess.Popen(
         [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", f"{POSTGRES}/{database}",
          "--default-artifact-root", str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "2"],
+         "--workers", "1"],
         stdout=open(tmp_path / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -66,7 +66,11 @@ def tracking_server(tmp_path):
         yield url
     finally:
         os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:   # its workers wait for idle connections to close
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
         _postgres(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
 
 
