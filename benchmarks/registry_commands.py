@@ -51,6 +51,7 @@ def scratch_project(root: Path) -> Path:
                                        metrics={"test_accuracy": accuracy}, tags={"data_version": "benchmark"},
                                        artifacts=[])
         version = registry.register_candidate(config, candidate)
+        # one data version: the champion's logged metrics are the baseline, no test split is read
         promote_candidate(config, version, "benchmark", None, root / "reports", "benchmark")
     return root
 

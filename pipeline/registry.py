@@ -114,12 +114,12 @@ def _experiment_id(config: Config, name: str) -> str:
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    # A local store keeps artifacts beside the db; a tracking server decides for itself.
+    # A local store keeps artifacts beside the db (the main experiment's at the top, as they always were;
+    # any other's in a folder of its own); a tracking server decides for itself.
     location = None
     if tracking_uri(config).startswith("sqlite"):
-        location = (config.path(config.registry.artifact_location) / name).as_uri()
-        if name == config.registry.experiment:   # where the first versions of tunegate put them
-            location = config.path(config.registry.artifact_location).as_uri()
+        root = config.path(config.registry.artifact_location)
+        location = (root if name == config.registry.experiment else root / name).as_uri()
     try:
         return mlflow.create_experiment(name, artifact_location=location)
     except MlflowException:   # another process created it meanwhile
@@ -209,7 +209,8 @@ def find_version(config: Config, model_uri: str) -> RegisteredVersion:
         raise ModelError(f"No {model_uri} in the registry at {tracking_uri(config)}: `tunegate models` lists the "
                          f"registered versions and their aliases.") from exc
     try:
-        files = {Path(f.path).name for f in mlflow.artifacts.list_artifacts(artifact_uri=f"models:/{name}/{version.version}")}
+        files = {Path(f.path).name
+                 for f in mlflow.artifacts.list_artifacts(artifact_uri=f"models:/{name}/{version.version}")}
     except (MlflowException, OSError):
         files = set()
     if "MLmodel" not in files:
