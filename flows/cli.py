@@ -24,7 +24,15 @@ def _parser() -> argparse.ArgumentParser:
     retrain = commands.add_parser("retrain", help="audit, split, train, evaluate, register and promote")
     retrain.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                          help="override a params.yaml value for this run, e.g. -S train.method=full")
-    commands.add_parser("models", help="registered versions with aliases and key metrics")
+    models = commands.add_parser("models", help="registered versions with aliases and key metrics")
+    models.add_argument("--history", action="store_true",
+                        help="every alias move instead, oldest first: flow decisions, overrides, rollbacks")
+    promote = commands.add_parser("promote", help="make a version champion, whatever the gates said; recorded")
+    promote.add_argument("model", metavar="MODEL_URI", help="models:/NAME/VERSION or models:/NAME@ALIAS")
+    rollback = commands.add_parser("rollback", help="move champion back to the version that held it before; recorded")
+    for command in (promote, rollback):
+        command.add_argument("--reason", help="why, for the alias history (required)")
+        command.add_argument("--by", default=None, help="who, for the alias history (default: your login name)")
     evaluate = commands.add_parser("evaluate", help="evaluate a registered version or a local model directory")
     evaluate.add_argument("model", metavar="MODEL_URI",
                           help="models:/NAME/VERSION, models:/NAME@ALIAS, or a local transformers model directory")
@@ -48,8 +56,29 @@ def _models(project_dir: Path) -> str:
                          *(f"{row.metrics[m]:.4f}" if m in row.metrics else "-" for m in columns),
                          row.tags.get("method", "-"), row.tags.get("data_version", "-")[:12],
                          row.tags.get("promotion_reason", "-")] for row in rows]
-    widths = [max(len(str(r[i])) for r in table) for i in range(len(header))]
+    return _columns(table)
+
+
+def _history(project_dir: Path) -> str:
+    from pipeline import registry
+
+    config = load_config(project_dir)
+    moves = registry.alias_history(config)
+    if not moves:
+        return f"No alias of {config.registry.model_name} has moved yet: run `tunegate retrain`."
+    header = ["time", "action", "alias", "from", "to", "by", "reason"]
+    table = [header] + [[move.time, move.action, move.alias, move.from_version or "-", move.to_version, move.by,
+                         move.reason] for move in moves]
+    return _columns(table)
+
+
+def _columns(table: list[list[str]]) -> str:
+    widths = [max(len(str(r[i])) for r in table) for i in range(len(table[0]))]
     return "\n".join("  ".join(str(cell).ljust(w) for cell, w in zip(r, widths)).rstrip() for r in table)
+
+
+def _moved(move) -> str:
+    return f"{move.alias}: version {move.from_version or '-'} -> {move.to_version} ({move.action} by {move.by})"
 
 
 def _evaluate(project_dir: Path, model_uri: str) -> str:
@@ -97,7 +126,15 @@ def main(argv: list[str] | None = None) -> int:
             _filter_logs()
             print(retrain(str(args.project_dir), args.overrides))
         elif args.command == "models":
-            print(_models(args.project_dir))
+            print(_history(args.project_dir) if args.history else _models(args.project_dir))
+        elif args.command in ("promote", "rollback"):
+            from pipeline import promotion
+
+            config = load_config(args.project_dir)
+            by = args.by or promotion.login_name()
+            move = (promotion.override(config, args.model, args.reason, by) if args.command == "promote"
+                    else promotion.rollback(config, args.reason, by))
+            print(_moved(move))
         elif args.command == "evaluate":
             print(_evaluate(args.project_dir, args.model))
         elif args.command == "schema":

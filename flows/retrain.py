@@ -11,7 +11,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from pipeline import audit, gates, registry
+from pipeline import audit, gates, promotion, registry
 from pipeline.config import Config, load_config
 from pipeline.evaluation import EvaluationReport, evaluate_model
 from pipeline.errors import TunegateError
@@ -21,6 +21,9 @@ from pipeline.preflight import run_preflight
 from pipeline.split import read_split, split_paths
 from pipeline.training import TrainResult, train_model
 from pipeline.versioning import DataVersion, reproduce_splits
+
+
+GATE_OUTCOME = {True: "pass", False: "FAIL", None: "-"}
 
 
 @dataclass(frozen=True)
@@ -34,22 +37,35 @@ class RetrainSummary:
     reason: str
     audit: str
     audit_failures: list[str]     # failed warning-level checks; a failed error-level check stops the run
+    decision: dict                # decision.json: each gate's value, threshold, champion's baseline, verdict
 
     def __str__(self) -> str:
         names = gates.gated_metrics(self.metrics)
-        width = max(len(name) for name in names)
+        width = max(len(name) for name in [*names, "data version", *(gate["name"] for gate in self.decision["gates"])])
         lines = [f"{'audit':<{width}} {self.audit}", *(f"  {failure}" for failure in self.audit_failures),
                  f"{'data version':<{width}} {self.data_version}"]
         lines += [f"{name:<{width}} {self.metrics[name]:.4f}" for name in names]
         lines += [f"{'report':<{width}} {self.report}",
                   f"{'registered':<{width}} {self.model_name} version {self.version}",
                   f"{'decision':<{width}} {self.alias}: {self.reason}"]
+        champion = self.decision["champion"]
+        if champion is not None:
+            measured = ("re-measured on this data version" if champion["remeasured"]
+                        else "its own metrics, same data version")
+            lines.append(f"{'baseline':<{width}} champion version {champion['version']}, {measured}")
+        lines += [f"  {gate['name']:<{width}} {_number(gate['value'])}  threshold {_number(gate['threshold'])}  "
+                  f"champion {_number(gate['baseline'])}  "
+                  f"{GATE_OUTCOME[gate['passed']]}" for gate in self.decision["gates"]]
         return "\n".join(lines)
 
 
 @task(name="preflight", cache_policy=NO_CACHE)
 def preflight_task(config: Config) -> None:
     run_preflight(config)
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 @task(name="audit", cache_policy=NO_CACHE)
@@ -105,11 +121,13 @@ def register_task(config: Config, data_version: DataVersion, trained: TrainResul
 
 
 @task(name="promote", cache_policy=NO_CACHE)
-def promote_task(config: Config, version: registry.RegisteredVersion) -> tuple[str, str]:
-    current = registry.champion(config)
-    decision = gates.decide(version.metrics, current.metrics if current else None, config.gates)
-    alias = registry.record_promotion(config, version, decision.promote, decision.summary)
-    return alias, decision.summary
+def promote_task(config: Config, version: registry.RegisteredVersion, data_version: DataVersion,
+                 evaluation: EvaluationReport) -> promotion.Promotion:
+    # the champion, when evaluated on other data, is re-measured on this test split, its reports beside ours
+    result = promotion.promote_candidate(config, version, data_version.version, read_split(split_paths(config).test),
+                                         evaluation.path.parent / "champion", promotion.login_name())
+    get_run_logger().info("%s: %s", result.alias, result.decision.summary)
+    return result
 
 
 @flow(name="retrain")
@@ -122,6 +140,7 @@ def retrain(project_dir: str = ".", overrides: list[str] | None = None) -> Retra
     trained = train_task.with_options(retries=config.train.retries)(config, data_version)
     evaluation = evaluate_task(config, trained)
     version = register_task(config, data_version, trained, evaluation, report)
-    alias, reason = promote_task(config, version)
+    promoted = promote_task(config, version, data_version, evaluation)
     return RetrainSummary(data_version.version, evaluation.metrics, evaluation.path, version.name, version.version,
-                          alias, reason, report.summary, [check.headline for check in report.failures])
+                          promoted.alias, promoted.decision.summary, report.summary,
+                          [check.headline for check in report.failures], promoted.as_record())

@@ -269,11 +269,24 @@ class EvaluateConfig(Section):
         return self
 
 
+class PromotionLockConfig(Section):
+    lease_s: Positive     # a holder that crashed loses the lock after this long
+    wait_s: Positive      # how long a promotion waits for the lock before it gives up
+    poll_s: Positive      # how often a waiting promotion tries again
+
+    @model_validator(mode="after")
+    def _poll_within_wait(self) -> PromotionLockConfig:
+        if self.poll_s > self.wait_s:
+            raise ValueError(f"poll_s must be at most wait_s ({self.wait_s}), got {self.poll_s}")
+        return self
+
+
 class GatesConfig(Section):
     min_accuracy: Share             # task accuracy floor on the test split
     champion_tolerance: NonNegative
     max_forgetting: NonNegative | None   # null: not checked
     max_bias_gap: Share | None           # null: not checked
+    lock: PromotionLockConfig            # the promotion lock in the tracking store
 
 
 class RegistryConfig(Section):

@@ -23,3 +23,7 @@ class ModelError(TunegateError):
 
 class EnvironmentProblem(TunegateError):
     """Something around the run is missing or broken: a full disk, an unwritable folder, an unreachable store."""
+
+
+class PromotionError(TunegateError):
+    """A promotion, override or rollback cannot be done as asked; nothing was moved."""

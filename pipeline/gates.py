@@ -1,8 +1,9 @@
 """Promotion gates: a pure decision from the candidate's metrics, the champion's, and params.yaml."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any, Iterable
 
 from pipeline.config import GatesConfig
 
@@ -10,8 +11,8 @@ TASK_METRIC = "test_accuracy"
 # Names pipeline.evaluation gives: forgetting_<benchmark> and <corpus>_<attribute>_gap.
 FORGETTING_PREFIX = "forgetting_"
 BIAS_GAP_SUFFIX = "_gap"
-
-Outcome = tuple[bool | None, str]   # (passed, or None where nothing was checked; in words)
+# The candidate's run logs the champion's numbers it was compared with under this prefix.
+CHAMPION_PREFIX = "champion_"
 
 
 def gated_metrics(names: Iterable[str]) -> list[str]:
@@ -23,46 +24,71 @@ def gated_metrics(names: Iterable[str]) -> list[str]:
 
 
 @dataclass(frozen=True)
+class Gate:
+    name: str                 # what is checked: accuracy_floor, accuracy_vs_champion, a forgetting or gap metric
+    value: float | None       # the candidate's number; None where nothing was measured
+    threshold: float | None   # the number the value was held against; None where not gated
+    baseline: float | None    # the champion's number for the same metric, measured on the candidate's data
+    passed: bool | None       # None where nothing was checked
+    reason: str               # the outcome, in words
+
+
+@dataclass(frozen=True)
 class Decision:
     promote: bool
-    reasons: list[str]   # every gate's outcome, in words
+    gates: list[Gate]
+
+    @property
+    def reasons(self) -> list[str]:
+        return [gate.reason for gate in self.gates]
 
     @property
     def summary(self) -> str:
         return "; ".join(self.reasons)
 
+    def as_record(self) -> dict[str, Any]:
+        """What decision.json holds: every gate with its numbers, and the verdict."""
+        return {"verdict": "promote" if self.promote else "reject",
+                "gates": [dataclasses.asdict(gate) for gate in self.gates]}
 
-def _task_gates(accuracy: float, champion: dict[str, float] | None, gates: GatesConfig) -> list[Outcome]:
+
+def _task_gates(accuracy: float, champion: dict[str, float] | None, gates: GatesConfig) -> list[Gate]:
+    baseline = champion.get(TASK_METRIC) if champion else None
     ok = accuracy >= gates.min_accuracy
-    outcomes: list[Outcome] = [(ok, f"accuracy {accuracy:.4f} {'≥' if ok else '<'} floor {gates.min_accuracy:.4f}")]
-    if champion is None or TASK_METRIC not in champion:
-        return outcomes + [(None, "no current champion")]
-    ok = accuracy >= champion[TASK_METRIC] - gates.champion_tolerance
-    return outcomes + [(ok, f"accuracy {accuracy:.4f} {'≥' if ok else '<'} champion's {champion[TASK_METRIC]:.4f}"
-                            + (f" − tolerance {gates.champion_tolerance}" if gates.champion_tolerance else ""))]
+    floor = Gate("accuracy_floor", accuracy, gates.min_accuracy, baseline, ok,
+                 f"accuracy {accuracy:.4f} {'≥' if ok else '<'} floor {gates.min_accuracy:.4f}")
+    if baseline is None:
+        return [floor, Gate("accuracy_vs_champion", accuracy, None, None, None, "no current champion")]
+    threshold = baseline - gates.champion_tolerance
+    ok = accuracy >= threshold
+    tolerance = f" − tolerance {gates.champion_tolerance}" if gates.champion_tolerance else ""
+    return [floor, Gate("accuracy_vs_champion", accuracy, threshold, baseline, ok,
+                        f"accuracy {accuracy:.4f} {'≥' if ok else '<'} champion's {baseline:.4f}{tolerance}")]
 
 
-def _at_most(candidate: dict[str, float], names: list[str], limit: float | None, what: str,
-             key: str) -> list[Outcome]:
+def _at_most(candidate: dict[str, float], champion: dict[str, float] | None, names: list[str],
+             limit: float | None, what: str, key: str) -> list[Gate]:
     """One gate per metric, value ≤ limit; a null limit or no such metric is said, not failed."""
     if limit is None:
-        return [(None, f"{what} not gated ({key} is null)")]
+        return [Gate(what.replace(" ", "_"), None, None, None, None, f"{what} not gated ({key} is null)")]
     if not names:
-        return [(None, f"{what} not measured")]
-    outcomes: list[Outcome] = []
+        return [Gate(what.replace(" ", "_"), None, limit, None, None, f"{what} not measured")]
+    outcomes: list[Gate] = []
     for name in names:
         ok = candidate[name] <= limit
-        outcomes.append((ok, f"{name.replace('_', ' ')} {candidate[name]:.4f} {'≤' if ok else '>'} max {limit:.4f}"))
+        outcomes.append(Gate(name, candidate[name], limit, (champion or {}).get(name), ok,
+                             f"{name.replace('_', ' ')} {candidate[name]:.4f} {'≤' if ok else '>'} max {limit:.4f}"))
     return outcomes
 
 
 def decide(candidate: dict[str, float], champion: dict[str, float] | None, gates: GatesConfig) -> Decision:
+    """champion: the champion's metrics measured on the candidate's data version (None: no champion)."""
     gated = gated_metrics(candidate)
     outcomes = [
         *_task_gates(candidate[TASK_METRIC], champion, gates),
-        *_at_most(candidate, [n for n in gated if n.startswith(FORGETTING_PREFIX)], gates.max_forgetting,
+        *_at_most(candidate, champion, [n for n in gated if n.startswith(FORGETTING_PREFIX)], gates.max_forgetting,
                   "forgetting", "gates.max_forgetting"),
-        *_at_most(candidate, [n for n in gated if n.endswith(BIAS_GAP_SUFFIX)], gates.max_bias_gap,
+        *_at_most(candidate, champion, [n for n in gated if n.endswith(BIAS_GAP_SUFFIX)], gates.max_bias_gap,
                   "bias gap", "gates.max_bias_gap"),
     ]
-    return Decision(promote=all(ok for ok, _ in outcomes if ok is not None), reasons=[r for _, r in outcomes])
+    return Decision(promote=all(gate.passed for gate in outcomes if gate.passed is not None), gates=outcomes)

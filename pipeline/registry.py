@@ -3,9 +3,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass
+import re
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import mlflow
 import pandas as pd
@@ -13,11 +18,12 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from pipeline.config import Config
-from pipeline.errors import EnvironmentProblem, ModelError
+from pipeline.errors import EnvironmentProblem, ModelError, PromotionError
 from pipeline.redaction import redact, redact_values
-from pipeline.modeling import base_model_requirements
 
 CHAMPION, CHALLENGER = "champion", "challenger"
+LOCK_SUFFIX = "-promotion-lock"      # <model_name><suffix>: the registered model whose existence is the lock
+HISTORY_SUFFIX = "-aliases"          # <experiment><suffix>: one run per alias move
 MODEL_ARTIFACT = "model"   # the transformers directory inside the logged pyfunc model's artifacts
 PIPELINE_PACKAGE = Path(__file__).parent
 # What the logged model needs to load and predict; inferring it fails (it imports torchvision).
@@ -40,6 +46,11 @@ class RegisteredVersion:
     version: str
     run_id: str
     metrics: dict[str, float]
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
 
 
 @dataclass(frozen=True)
@@ -120,12 +131,26 @@ def connect(config: Config) -> MlflowClient:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = user_uri
-    if mlflow.get_experiment_by_name(config.registry.experiment) is None:
-        # A local store keeps artifacts beside the db; a tracking server decides for itself.
-        location = config.path(config.registry.artifact_location).as_uri() if uri.startswith("sqlite") else None
-        mlflow.create_experiment(config.registry.experiment, artifact_location=location)
+    _experiment_id(config, config.registry.experiment)
     mlflow.set_experiment(config.registry.experiment)
     return MlflowClient(uri, uri)
+
+
+def _experiment_id(config: Config, name: str) -> str:
+    """The experiment's id, created first where it does not exist yet."""
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    # A local store keeps artifacts beside the db (the main experiment's at the top, as they always were;
+    # any other's in a folder of its own); a tracking server decides for itself.
+    location = None
+    if tracking_uri(config).startswith("sqlite"):
+        root = config.path(config.registry.artifact_location)
+        location = (root if name == config.registry.experiment else root / name).as_uri()
+    try:
+        return mlflow.create_experiment(name, artifact_location=location)
+    except MlflowException:   # another process created it meanwhile
+        return mlflow.get_experiment_by_name(name).experiment_id
 
 
 def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -157,11 +182,20 @@ def register_candidate(config: Config, candidate: Candidate) -> RegisteredVersio
             code_paths=[str(PIPELINE_PACKAGE)],
             model_config={"max_length": config.model.max_length},
             input_example=example,
-            pip_requirements=SERVING_REQUIREMENTS + base_model_requirements(candidate.model_dir),
+            pip_requirements=SERVING_REQUIREMENTS + _base_model_requirements(candidate.model_dir),
         )
         version = mlflow.register_model(info.model_uri, config.registry.model_name, tags=candidate.tags)
     client.update_model_version(version.name, version.version, description=_describe(candidate))
-    return RegisteredVersion(version.name, str(version.version), run.info.run_id, candidate.metrics)
+    return RegisteredVersion(version.name, str(version.version), run.info.run_id, candidate.metrics,
+                             dict(candidate.tags))
+
+
+def _base_model_requirements(model_dir: Path) -> list[str]:
+    # here, not at the top: pipeline.modeling imports torch and transformers (seconds), which the
+    # commands that only read the registry (`tunegate models`) do not need
+    from pipeline.modeling import base_model_requirements
+
+    return base_model_requirements(model_dir)
 
 
 def _describe(candidate: Candidate) -> str:
@@ -176,18 +210,171 @@ def champion(config: Config) -> RegisteredVersion | None:
         version = client.get_model_version_by_alias(config.registry.model_name, CHAMPION)
     except MlflowException:
         return None
-    metrics = client.get_run(version.run_id).data.metrics
-    return RegisteredVersion(version.name, str(version.version), version.run_id, metrics)
+    return _registered(client, version)
 
 
-def record_promotion(config: Config, version: RegisteredVersion, promoted: bool, reason: str) -> str:
-    """Give the version its alias and write the decision and its reasons on it."""
+def _registered(client: MlflowClient, version) -> RegisteredVersion:
+    metrics = client.get_run(version.run_id).data.metrics if version.run_id else {}
+    return RegisteredVersion(version.name, str(version.version), version.run_id, metrics, dict(version.tags))
+
+
+MODEL_URI = re.compile(r"models:/(?P<name>[^/@]+)(/(?P<version>\d+)|@(?P<alias>[\w-]+))/?")
+
+
+def find_version(config: Config, model_uri: str) -> RegisteredVersion:
+    """A version of params.yaml's model, `models:/NAME/VERSION` or `models:/NAME@ALIAS`, whose model files are
+    still in the artifact store."""
     client = connect(config)
-    alias = CHAMPION if promoted else CHALLENGER
-    client.set_registered_model_alias(version.name, alias, version.version)
+    name = config.registry.model_name
+    match = MODEL_URI.fullmatch(model_uri)
+    if match is None or match["name"] != name:
+        raise ModelError(f"{model_uri!r} is not a version of {name}: write models:/{name}/VERSION or "
+                         f"models:/{name}@ALIAS (`tunegate models` lists them).")
+    try:
+        version = (client.get_model_version(name, match["version"]) if match["version"]
+                   else client.get_model_version_by_alias(name, match["alias"]))
+    except MlflowException as exc:
+        raise ModelError(f"No {model_uri} in the registry at {tracking_uri(config)}: `tunegate models` lists the "
+                         f"registered versions and their aliases.") from exc
+    try:
+        files = {Path(f.path).name
+                 for f in mlflow.artifacts.list_artifacts(artifact_uri=f"models:/{name}/{version.version}")}
+    except (MlflowException, OSError):
+        files = set()
+    if "MLmodel" not in files:
+        raise ModelError(f"{model_uri} (version {version.version}) is registered but its model files are gone from "
+                         f"the artifact store; pick another version (`tunegate models`).")
+    return _registered(client, version)
+
+
+def log_to_run(config: Config, run_id: str, metrics: dict[str, float], records: dict[str, dict],
+               artifacts: list[Path], artifact_path: str) -> None:
+    """Add to a finished run: metrics, JSON records (file name -> content), files under artifact_path."""
+    client = connect(config)
+    for key, value in metrics.items():
+        client.log_metric(run_id, key, value)
+    for file_name, record in records.items():
+        client.log_dict(run_id, record, file_name)
+    for artifact in artifacts:
+        client.log_artifact(run_id, str(artifact), artifact_path=artifact_path)
+
+
+def set_decision_tags(config: Config, version: RegisteredVersion, alias: str, reason: str) -> None:
+    """The gates' verdict on the version itself, as `tunegate models` shows it."""
+    client = connect(config)
     client.set_model_version_tag(version.name, version.version, "promotion_decision", alias)
     client.set_model_version_tag(version.name, version.version, "promotion_reason", reason)
-    return alias
+
+
+@dataclass(frozen=True)
+class PromotionLock:
+    name: str       # the registered model that is the lock
+    token: str      # this holder's, in the lock's tags
+
+
+def _lock_holder(client: MlflowClient, name: str):
+    try:
+        return client.get_registered_model(name)
+    except MlflowException:
+        return None   # released meanwhile
+
+
+@contextmanager
+def promotion_lock(config: Config, holder: str) -> Iterator[PromotionLock]:
+    """Hold the promotion lock of params.yaml's model while the block runs; wait for it at most gates.lock.wait_s.
+
+    The lock is a registered model that exists while someone holds it: its creation is atomic in every MLflow
+    store, so it works across processes and machines that share a tracking server (which clients reach over
+    HTTP only: a database lock is not theirs to take). A lock older than gates.lock.lease_s is taken over.
+    """
+    client = connect(config)
+    settings = config.gates.lock
+    lock = PromotionLock(f"{config.registry.model_name}{LOCK_SUFFIX}", uuid.uuid4().hex)
+    deadline = time.monotonic() + settings.wait_s
+    while True:
+        try:
+            client.create_registered_model(lock.name, tags={"token": lock.token, "holder": holder},
+                                           description="tunegate's promotion lock: exists while a promotion runs")
+            break
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        held = _lock_holder(client, lock.name)
+        if held is not None and time.time() - held.creation_timestamp / 1000 > settings.lease_s:
+            # Its holder crashed: remove it and try again. Two waiters doing this at once may both think
+            # they hold it; move_alias checks the token, so the one whose lock was removed moves nothing.
+            try:
+                client.delete_registered_model(lock.name)
+            except MlflowException:
+                pass   # another waiter removed it first
+            continue
+        if time.monotonic() > deadline:
+            since = datetime.fromtimestamp(held.creation_timestamp / 1000, timezone.utc) if held else None
+            raise PromotionError(
+                f"Another promotion holds the lock {lock.name!r} (held by {held.tags.get('holder') if held else '?'} "
+                f"since {since:%Y-%m-%d %H:%M:%S} UTC) and did not let go within gates.lock.wait_s="
+                f"{settings.wait_s:g} s. Try again later; a lock left by a crashed run expires after "
+                f"gates.lock.lease_s={settings.lease_s:g} s.")
+        time.sleep(settings.poll_s)
+    try:
+        yield lock
+    finally:
+        held = _lock_holder(client, lock.name)
+        if held is not None and held.tags.get("token") == lock.token:
+            client.delete_registered_model(lock.name)
+
+
+@dataclass(frozen=True)
+class AliasMove:
+    time: str                  # UTC, ISO 8601
+    action: str                # flow decision | override | rollback
+    alias: str
+    from_version: str | None   # the version that held the alias before; None: nobody
+    to_version: str
+    by: str
+    reason: str
+
+
+def move_alias(config: Config, lock: PromotionLock, alias: str, version: RegisteredVersion, action: str, by: str,
+               reason: str) -> AliasMove:
+    """Point alias at version and write the move to the history; only under the promotion lock."""
+    client = connect(config)
+    held = _lock_holder(client, lock.name)
+    if held is None or held.tags.get("token") != lock.token:
+        raise PromotionError(f"The promotion lock {lock.name!r} was taken over (held longer than gates.lock."
+                             f"lease_s={config.gates.lock.lease_s:g} s); nothing was moved. Raise the lease and retry.")
+    try:
+        before = str(client.get_model_version_by_alias(version.name, alias).version)
+    except MlflowException:
+        before = None
+    move = AliasMove(datetime.now(timezone.utc).isoformat(timespec="milliseconds"), action, alias, before,
+                     version.version, by, reason)
+    history = _experiment_id(config, config.registry.experiment + HISTORY_SUFFIX)
+    run = client.create_run(history, run_name=f"{alias}: {before or '-'} -> {version.version} ({action})",
+                            tags={"model": version.name, "action": action, "alias": alias,
+                                  "from_version": before or "", "to_version": version.version, "by": by,
+                                  "reason": reason, "time": move.time})
+    client.set_registered_model_alias(version.name, alias, version.version)
+    client.set_terminated(run.info.run_id)
+    return move
+
+
+def alias_history(config: Config) -> list[AliasMove]:
+    """Every alias move of params.yaml's model, oldest first."""
+    client = connect(config)
+    history = mlflow.get_experiment_by_name(config.registry.experiment + HISTORY_SUFFIX)
+    if history is None:
+        return []
+    runs, token = [], None
+    while True:
+        page = client.search_runs([history.experiment_id], f"tags.model = '{config.registry.model_name}'",
+                                  order_by=["attributes.start_time ASC"], max_results=1000, page_token=token)
+        runs += page
+        token = page.token
+        if not token:
+            break
+    return [AliasMove(t["time"], t["action"], t["alias"], t["from_version"] or None, t["to_version"], t["by"],
+                      t["reason"]) for t in (run.data.tags for run in runs)]
 
 
 def list_versions(config: Config) -> list[VersionRow]:

@@ -99,3 +99,33 @@ def _venv_path() -> str:
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     return make_project(tmp_path / "project", small_params())
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """Two small classifiers made once a session, for tests that register and compare versions without training:
+    `trained` (LoRA at a high rate, merged: 25 steps on 400 SST-2 texts) and `untrained` (the base, a fresh head)."""
+    import torch
+
+    from pipeline.config import load_config
+    from pipeline.modeling import load_classifier, load_tokenizer, resolve_model_path
+    from pipeline.split import read_split, write_splits
+    from pipeline.training import train_model
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    params = small_params(model={"max_length": 64},
+                          train={"batch_size": 16, "eval_steps": 25, "save_steps": 25, "logging_steps": 25,
+                                 "precision": "fp32", "warmup_ratio": 0.0})
+    params["train"]["learning_rate"]["lora"] = 5.0e-3
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    write_sst2_slice(root / "data/raw/sst2")
+    config = load_config(root)
+    paths = write_splits(config)
+    trained = train_model(config, read_split(paths.train), read_split(paths.validation).head(64), root / "trained")
+    torch.manual_seed(0)
+    base = resolve_model_path(config.model.base)
+    # in a folder named `model`, as the flow saves them: the registry logs the folder under its name
+    untrained = root / "untrained/model"
+    load_classifier(base, config.data.labels).save_pretrained(untrained)
+    load_tokenizer(base).save_pretrained(untrained)
+    return {"trained": trained.model_dir, "untrained": untrained}

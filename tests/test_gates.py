@@ -1,8 +1,9 @@
-from pipeline.config import GatesConfig
-from pipeline.gates import decide, gated_metrics
+from pipeline.config import GatesConfig, PromotionLockConfig
+from pipeline.gates import Gate, decide, gated_metrics
 
-GATES = GatesConfig(min_accuracy=0.85, champion_tolerance=0.0, max_forgetting=None, max_bias_gap=None)
-WITH_ALL = GatesConfig(min_accuracy=0.85, champion_tolerance=0.0, max_forgetting=0.05, max_bias_gap=0.02)
+LOCK = PromotionLockConfig(lease_s=600, wait_s=1200, poll_s=2)
+GATES = GatesConfig(min_accuracy=0.85, champion_tolerance=0.0, max_forgetting=None, max_bias_gap=None, lock=LOCK)
+WITH_ALL = GatesConfig(min_accuracy=0.85, champion_tolerance=0.0, max_forgetting=0.05, max_bias_gap=0.02, lock=LOCK)
 GOOD = {"test_accuracy": 0.9, "forgetting_stsb": 0.01, "eec_gender_gap": 0.005, "eec_race_gap": 0.01,
         "eec_race_p_value": 0.2, "retained_stsb": 0.99}
 
@@ -29,7 +30,7 @@ def test_candidate_must_match_the_champion():
 
 
 def test_tolerance_lets_a_slightly_worse_candidate_through():
-    gates = GatesConfig(min_accuracy=0.85, champion_tolerance=0.02, max_forgetting=None, max_bias_gap=None)
+    gates = GatesConfig(min_accuracy=0.85, champion_tolerance=0.02, max_forgetting=None, max_bias_gap=None, lock=LOCK)
     decision = decide({"test_accuracy": 0.86}, {"test_accuracy": 0.87}, gates)
     assert decision.promote
     assert "− tolerance 0.02" in decision.summary
@@ -59,3 +60,19 @@ def test_a_gate_without_its_metric_says_so_and_does_not_block():
 
 def test_gated_metrics_are_the_task_metric_then_forgetting_then_gaps():
     assert gated_metrics(GOOD) == ["test_accuracy", "forgetting_stsb", "eec_gender_gap", "eec_race_gap"]
+
+
+def test_each_gate_has_its_value_threshold_baseline_and_outcome_in_the_record():
+    champion = {"test_accuracy": 0.88, "forgetting_stsb": 0.02, "eec_gender_gap": 0.001, "eec_race_gap": 0.004}
+    tolerant = GatesConfig(min_accuracy=0.85, champion_tolerance=0.01, max_forgetting=0.05, max_bias_gap=0.02,
+                           lock=LOCK)
+    decision = decide({**GOOD, "test_accuracy": 0.86}, champion, tolerant)
+    assert decision.gates[:3] == [
+        Gate("accuracy_floor", 0.86, 0.85, 0.88, True, "accuracy 0.8600 ≥ floor 0.8500"),
+        Gate("accuracy_vs_champion", 0.86, 0.87, 0.88, False, "accuracy 0.8600 < champion's 0.8800 − tolerance 0.01"),
+        Gate("forgetting_stsb", 0.01, 0.05, 0.02, True, "forgetting stsb 0.0100 ≤ max 0.0500")]
+    record = decision.as_record()
+    assert record["verdict"] == "reject" and len(record["gates"]) == 5
+    assert record["gates"][1] == {"name": "accuracy_vs_champion", "value": 0.86, "threshold": 0.87,
+                                  "baseline": 0.88, "passed": False,
+                                  "reason": "accuracy 0.8600 < champion's 0.8800 − tolerance 0.01"}

@@ -170,3 +170,24 @@ def test_evaluate_command_says_what_is_wrong_with_a_bad_uri(trained_project):
     assert result.returncode == 1
     assert "tunegate: error: Cannot fetch models:/tunegate-sst2/99" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_decision_is_logged_and_printed_with_each_gates_numbers(trained_project):
+    project, first, second = trained_project
+    assert second.decision["verdict"] == "reject" and second.decision["alias"] == "challenger"
+    assert second.decision["champion"] == {"version": "1", "data_version": first.data_version, "remeasured": False}
+    floor = second.decision["gates"][0]
+    assert (floor["name"], floor["threshold"], floor["passed"]) == ("accuracy_floor", 1.0, False)
+    assert floor["baseline"] == pytest.approx(first.metrics["test_accuracy"])
+    lines = str(second).splitlines()
+    assert "champion version 1, its own metrics, same data version" in lines[lines.index(
+        next(line for line in lines if line.startswith("decision"))) + 1]
+    assert any(line.split()[0] == "accuracy_floor" and line.endswith("FAIL") for line in lines)
+    config = load_config(project)
+    client = registry.connect(config)
+    run_id = client.get_model_version(config.registry.model_name, "2").run_id
+    assert json.loads(Path(client.download_artifacts(run_id, "decision.json")).read_text()) == second.decision
+    assert client.get_run(run_id).data.metrics["champion_test_accuracy"] == pytest.approx(
+        first.metrics["test_accuracy"])
+    history = registry.alias_history(config)
+    assert [(m.alias, m.to_version) for m in history] == [("champion", "1"), ("challenger", "2")]

@@ -1,0 +1,109 @@
+"""How long the commands that only read the registry take, each a fresh process as a user runs it.
+
+    python benchmarks/registry_commands.py                    # a scratch project with a few versions
+    python benchmarks/registry_commands.py --project-dir .    # this project's own registry
+
+Without --project-dir, a scratch project in a temp folder gets VERSIONS versions (the base model with a fresh
+head, registered and promoted; no training). Prints a table of seconds per command (best and median of
+REPEATS runs) and the modules each command imported that cost most, and writes it all to
+benchmarks/results/registry_commands.json. Target: each command under 3 s.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT))
+RESULT = PROJECT / "benchmarks/results/registry_commands.json"
+TARGET_S = 3.0
+REPEATS = 5
+VERSIONS = 3
+COMMANDS = {"tunegate models": ["models"], "tunegate models --history": ["models", "--history"]}
+
+
+def scratch_project(root: Path) -> Path:
+    """A project whose registry holds VERSIONS versions and their alias moves."""
+    import shutil
+
+    import pipeline  # noqa: F401  (offline, quiet environment first)
+    from pipeline import registry
+    from pipeline.config import load_config
+    from pipeline.modeling import load_classifier, load_tokenizer, resolve_model_path
+    from pipeline.promotion import promote_candidate
+
+    shutil.copy(PROJECT / "params.yaml", root / "params.yaml")
+    config = load_config(root)
+    base = resolve_model_path(config.model.base)
+    model_dir = root / "model"
+    load_classifier(base, config.data.labels).save_pretrained(model_dir)
+    load_tokenizer(base).save_pretrained(model_dir)
+    for accuracy in [0.86 + i / 100 for i in range(VERSIONS)]:
+        candidate = registry.Candidate(model_dir=model_dir, params=config.as_dict(),
+                                       metrics={"test_accuracy": accuracy}, tags={"data_version": "benchmark"},
+                                       artifacts=[])
+        version = registry.register_candidate(config, candidate)
+        # one data version: the champion's logged metrics are the baseline, no test split is read
+        promote_candidate(config, version, "benchmark", None, root / "reports", "benchmark")
+    return root
+
+
+def slowest_imports(argv: list[str], count: int = 8) -> list[tuple[str, float]]:
+    """The top-level packages with the largest cumulative import time, from `python -X importtime`."""
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "flows.cli", *argv], cwd=PROJECT,
+                            capture_output=True, text=True)
+    totals: dict[str, float] = {}
+    for line in result.stderr.splitlines():
+        if not line.startswith("import time:") or "|" not in line or "cumulative" in line:
+            continue
+        _, cumulative, name = line.removeprefix("import time:").split("|")
+        if not name.startswith("  "):   # nested imports are indented further
+            totals[name.strip()] = int(cumulative) / 1e6
+    return sorted(totals.items(), key=lambda item: -item[1])[:count]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--project-dir", type=Path, help="a project with a registry (default: a scratch one)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="tunegate-registry-bench-") as scratch:
+        project = args.project_dir.resolve() if args.project_dir else scratch_project(Path(scratch))
+        load_before = os.getloadavg()
+        timings, imports = {}, {}
+        for label, command in COMMANDS.items():
+            argv = ["--project-dir", str(project), *command]
+            seconds = []
+            for _ in range(REPEATS):
+                started = time.perf_counter()
+                subprocess.run([sys.executable, "-m", "flows.cli", *argv], cwd=PROJECT, check=True,
+                               capture_output=True)
+                seconds.append(time.perf_counter() - started)
+            timings[label] = {"best_s": round(min(seconds), 2), "median_s": round(statistics.median(seconds), 2)}
+            imports[label] = slowest_imports(argv)
+    width = max(len(label) for label in COMMANDS)
+    print(f"{'command':<{width}}  best_s  median_s  (target {TARGET_S:.0f} s)")
+    for label, timing in timings.items():
+        verdict = "met" if timing["median_s"] < TARGET_S else "MISSED"
+        print(f"{label:<{width}}  {timing['best_s']:6.2f}  {timing['median_s']:8.2f}  {verdict}")
+        print("  slowest imports: " + ", ".join(f"{name} {s:.2f}" for name, s in imports[label]))
+    print(f"load average before/after: {load_before[0]:.2f} / {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+    RESULT.parent.mkdir(parents=True, exist_ok=True)
+    RESULT.write_text(json.dumps({
+        "project": "scratch" if args.project_dir is None else str(args.project_dir), "versions": VERSIONS,
+        "repeats": REPEATS, "seconds": timings, "slowest_imports_s": imports, "target_s": TARGET_S,
+        "load_average_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
+        "cpus": os.cpu_count(), "python": platform.python_version()}, indent=2) + "\n")
+    print(f"wrote {RESULT.relative_to(PROJECT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""Promotion: the gates against the champion measured on the candidate's data, a person's override and
+rollback, each alias move under the promotion lock and written to the history in the tracking store."""
+from __future__ import annotations
+
+import getpass
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pipeline import gates, registry
+from pipeline.config import Config
+from pipeline.errors import PromotionError
+from pipeline.registry import CHALLENGER, CHAMPION, AliasMove, RegisteredVersion
+
+FLOW_DECISION, OVERRIDE, ROLLBACK = "flow decision", "override", "rollback"
+DECISION_RECORD = "decision.json"     # in the candidate's run
+CHAMPION_REPORTS = "reports/champion"  # the champion's re-measured reports, in the candidate's run
+
+
+def login_name() -> str:
+    return getpass.getuser()
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The champion's numbers the candidate is compared with, measured on the candidate's data version."""
+    version: RegisteredVersion
+    metrics: dict[str, float]
+    remeasured: bool           # False: the champion was evaluated on the same data version; its own metrics
+    artifacts: list[Path]      # the re-measured evaluation's reports
+
+    def as_record(self) -> dict[str, Any]:
+        return {"version": self.version.version, "data_version": self.version.tags.get("data_version"),
+                "remeasured": self.remeasured}
+
+
+@dataclass(frozen=True)
+class Promotion:
+    alias: str
+    decision: gates.Decision
+    baseline: Baseline | None
+    move: AliasMove | None     # None until the alias has moved
+
+    def as_record(self) -> dict[str, Any]:
+        """decision.json: the gates and the verdict, the alias given, and which champion was the baseline."""
+        return {**self.decision.as_record(), "alias": self.alias,
+                "champion": self.baseline.as_record() if self.baseline else None}
+
+
+def measure_champion(config: Config, champion: RegisteredVersion, data_version: str, test_frame: pd.DataFrame,
+                     report_dir: Path) -> Baseline:
+    """The champion's metrics on data_version: its own where it was evaluated on that version, else measured
+    again on test_frame with the same task, general and bias suites (the TFX Evaluator's baseline)."""
+    if champion.tags.get("data_version") == data_version:
+        return Baseline(champion, champion.metrics, remeasured=False, artifacts=[])
+    from pipeline.evaluation import evaluate_model   # torch and transformers: only when a model is evaluated
+
+    report = evaluate_model(config, registry.download_classifier(config, champion.uri), test_frame, report_dir)
+    return Baseline(champion, report.metrics, remeasured=True, artifacts=report.artifacts)
+
+
+def promote_candidate(config: Config, candidate: RegisteredVersion, data_version: str, test_frame: pd.DataFrame,
+                      report_dir: Path, by: str) -> Promotion:
+    """Gate the candidate against the champion and give it `champion` or `challenger`; the decision record and
+    the champion's numbers go to the candidate's run. report_dir receives the champion's re-measured reports."""
+    current = registry.champion(config)
+    # Measured before taking the lock, which others then wait for only seconds; again under it if the champion
+    # changed meanwhile (another promotion finished first).
+    baseline = measure_champion(config, current, data_version, test_frame, report_dir) if current else None
+    with registry.promotion_lock(config, by) as lock:
+        current = registry.champion(config)
+        if current is None:
+            baseline = None
+        elif baseline is None or baseline.version.version != current.version:
+            baseline = measure_champion(config, current, data_version, test_frame, report_dir)
+        decision = gates.decide(candidate.metrics, baseline.metrics if baseline else None, config.gates)
+        alias = CHAMPION if decision.promote else CHALLENGER
+        champion_metrics = {f"{gates.CHAMPION_PREFIX}{name}": baseline.metrics[name]
+                            for name in gates.gated_metrics(baseline.metrics)} if baseline else {}
+        # Recorded before the alias moves: a failure here moves nothing.
+        registry.log_to_run(config, candidate.run_id, champion_metrics,
+                            {DECISION_RECORD: Promotion(alias, decision, baseline, None).as_record()},
+                            baseline.artifacts if baseline else [], CHAMPION_REPORTS)
+        registry.set_decision_tags(config, candidate, alias, decision.summary)
+        move = registry.move_alias(config, lock, alias, candidate, FLOW_DECISION, by, decision.summary)
+    return Promotion(alias, decision, baseline, move)
+
+
+def _require_reason(reason: str | None, command: str) -> str:
+    if not reason or not reason.strip():
+        raise PromotionError(f"`tunegate {command}` needs --reason \"...\": say why, for the alias history.")
+    return reason.strip()
+
+
+def override(config: Config, model_uri: str, reason: str | None, by: str) -> AliasMove:
+    """Make a version champion whatever the gates said of it."""
+    reason = _require_reason(reason, "promote")
+    version = registry.find_version(config, model_uri)
+    with registry.promotion_lock(config, by) as lock:
+        current = registry.champion(config)
+        if current is not None and current.version == version.version:
+            raise PromotionError(f"{model_uri} (version {version.version}) is already the champion; nothing moved.")
+        return registry.move_alias(config, lock, CHAMPION, version, OVERRIDE, by, reason)
+
+
+def previous_champion(history: list[AliasMove]) -> str | None:
+    """The version that held `champion` before the current one: rollbacks step back through the champions
+    (two rollbacks go back two champions), flow decisions and overrides step forward."""
+    earlier: list[str] = []
+    for move in (m for m in history if m.alias == CHAMPION):
+        if move.action == ROLLBACK:
+            if earlier:
+                earlier.pop()
+        elif move.from_version and move.from_version != move.to_version:
+            earlier.append(move.from_version)
+    return earlier[-1] if earlier else None
+
+
+def rollback(config: Config, reason: str | None, by: str) -> AliasMove:
+    """Move `champion` back to the version that held it before."""
+    reason = _require_reason(reason, "rollback")
+    with registry.promotion_lock(config, by) as lock:
+        current = registry.champion(config)
+        if current is None:
+            raise PromotionError(f"{config.registry.model_name} has no champion: nothing to roll back.")
+        target = previous_champion(registry.alias_history(config))
+        if target is None:
+            raise PromotionError(f"Version {current.version} is the first champion of {config.registry.model_name} "
+                                 f"in the alias history: there is no earlier champion to roll back to.")
+        version = registry.find_version(config, f"models:/{config.registry.model_name}/{target}")
+        return registry.move_alias(config, lock, CHAMPION, version, ROLLBACK, by, reason)

@@ -1,0 +1,138 @@
+"""Two promotions at the same moment, in two processes, against an MLflow tracking server on PostgreSQL: one
+champion (the better of the two), both moves in the history, no version lost."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline import registry
+from pipeline.config import load_config
+from tests.conftest import small_params, write_sst2_slice
+
+POSTGRES = "postgresql://postgres@127.0.0.1:5432"
+SERVER_START_S = 180    # a fresh database is migrated first
+
+
+def _postgres(sql: str) -> None:
+    import psycopg2
+
+    connection = psycopg2.connect(f"{POSTGRES}/test", connect_timeout=5)
+    connection.autocommit = True   # CREATE/DROP DATABASE cannot run in a transaction
+    try:
+        connection.cursor().execute(sql)
+    finally:
+        connection.close()
+
+
+@pytest.fixture
+def tracking_server(tmp_path):
+    """A scratch database and an MLflow server on it, on a free loopback port; both gone afterwards."""
+    database = f"tg_promotion_{uuid.uuid4().hex[:8]}"
+    try:
+        _postgres(f"CREATE DATABASE {database}")
+    except Exception as exc:   # psycopg2.OperationalError: no server to test against
+        pytest.skip(f"PostgreSQL at {POSTGRES} is not reachable: {exc}")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", f"{POSTGRES}/{database}",
+         "--default-artifact-root", str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"],
+        stdout=open(tmp_path / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + SERVER_START_S
+        while True:
+            try:
+                if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
+                    break
+            except OSError:
+                pass
+            assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the MLflow server did not start"
+            time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:   # its workers wait for idle connections to close
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        _postgres(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+
+
+PROMOTE = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from pipeline import registry
+    from pipeline.config import load_config
+    from pipeline.promotion import promote_candidate
+    from pipeline.split import read_split
+
+    project, uri, name = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+    config = load_config(project)
+    candidate = registry.find_version(config, uri)
+    test = read_split(config.path("data/splits/test.csv"))
+    (project / f"ready-{name}").touch()
+    while not (project / "go").exists():
+        time.sleep(0.01)
+    result = promote_candidate(config, candidate, "same", test, project / name, f"flow {name}")
+    print(result.alias)
+""")
+
+
+def test_two_promotions_at_once_end_with_one_champion_the_better_one(tmp_path, tracking_server, tiny_models):
+    project = tmp_path / "project"
+    params = small_params(registry={"tracking_uri": tracking_server},
+                          gates={"min_accuracy": 0.5, "lock": {"lease_s": 600, "wait_s": 120, "poll_s": 0.2}})
+    project.mkdir()
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    write_sst2_slice(project / "data/raw/sst2")
+    from pipeline.split import write_splits
+
+    config = load_config(project)
+    write_splits(config)
+    versions = {}
+    for name, accuracy in (("worse", 0.80), ("better", 0.90)):
+        candidate = registry.Candidate(model_dir=tiny_models["trained"], params={}, metrics={"test_accuracy": accuracy},
+                                       tags={"data_version": "same"}, artifacts=[])
+        versions[name] = registry.register_candidate(config, candidate).version
+
+    flows = {name: subprocess.Popen([sys.executable, "-c", PROMOTE, str(project), f"models:/tunegate-sst2/{version}",
+                                     name], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for name, version in versions.items()}
+    while not all((project / f"ready-{name}").exists() for name in flows):
+        assert all(flow.poll() is None for flow in flows.values()), [f.communicate() for f in flows.values()]
+        time.sleep(0.05)
+    (project / "go").touch()
+    outcomes = {}
+    for name, flow in flows.items():
+        out, err = flow.communicate(timeout=240)
+        assert flow.returncode == 0, err[-3000:]
+        outcomes[name] = out.split()[-1]
+
+    assert registry.champion(config).version == versions["better"]
+    assert outcomes["better"] == "champion"
+    assert outcomes["worse"] in ("champion", "challenger")    # champion only if it went first
+    history = registry.alias_history(config)
+    assert sorted(move.to_version for move in history) == sorted(versions.values())
+    assert {move.by for move in history} == {"flow worse", "flow better"}
+    if outcomes["worse"] == "champion":   # it went first and was then beaten: the second move says from whom
+        assert [(m.alias, m.from_version) for m in history] == [("champion", None),
+                                                                ("champion", versions["worse"])]
+    client = registry.connect(config)
+    assert len(client.search_model_versions("name = 'tunegate-sst2'")) == 2
+    assert client.search_registered_models(f"name = 'tunegate-sst2{registry.LOCK_SUFFIX}'") == []
