@@ -67,7 +67,7 @@ def tracking_server(tmp_path):
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         try:
-            server.wait(timeout=10)
+            server.wait(timeout=5)
         except subprocess.TimeoutExpired:   # its workers wait for idle connections to close
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
