@@ -253,6 +253,12 @@ class RegistryConfig:
 
 
 @dataclass(frozen=True)
+class ReproduceConfig:
+    tolerance: float    # largest |original - reproduced| of a metric that still counts as reproduced
+    work_dir: str       # scratch checkouts: <work_dir>/<model name>-<version>
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig
     split: SplitConfig
@@ -262,6 +268,7 @@ class Config:
     evaluate: EvaluateConfig
     gates: GatesConfig
     registry: RegistryConfig
+    reproduce: ReproduceConfig
     # The folder holding params.yaml; relative paths in the config resolve against it.
     project_dir: Path = field(default=Path("."), compare=False)
 
@@ -397,6 +404,7 @@ def _validate(config: Config) -> None:
         (len(config.data.labels) >= 2, f"data.labels needs at least two labels, got {config.data.labels}."),
         (0 <= config.gates.min_accuracy <= 1, f"gates.min_accuracy must be in [0, 1], got {config.gates.min_accuracy}."),
         (config.model.max_length > 0, f"model.max_length must be positive, got {config.model.max_length}."),
+        (config.reproduce.tolerance >= 0, f"reproduce.tolerance must be 0 or more, got {config.reproduce.tolerance}."),
         *_evaluate_checks(config),
         *_audit_checks(config),
     ]

@@ -19,3 +19,7 @@ class AuditFailed(TunegateError):
 
 class ModelError(TunegateError):
     """A model cannot be found, loaded or trained as configured."""
+
+
+class ReproduceError(TunegateError):
+    """A recorded version cannot be rebuilt: its commit, data version or params cannot be had."""
