@@ -74,8 +74,8 @@ class Reproduction:
         lines = [f"{self.version}: commit {self.commit}, data version {self.data_version}"]
         if self.dirty:
             lines.append("warning: the recorded tree had uncommitted changes; the commit lacks them")
-        lines.append(f"{'metric':<{width}}  {'original':>12}  {'reproduced':>12}  {'difference':>11}")
-        lines += [f"{c.name:<{width}}  {c.original:>12.6f}  {c.reproduced:>12.6f}  {c.difference:>+11.2e}"
+        lines.append(f"{'metric':<{width}}  {'original':>16}  {'reproduced':>16}  {'difference':>11}")
+        lines += [f"{c.name:<{width}}  {c.original:>16.6f}  {c.reproduced:>16.6f}  {c.difference:>+11.2e}"
                   f"{'' if c.within else '  differs'}" for c in self.comparisons]
         differing = sum(not c.within for c in self.comparisons)
         verdict = (f"reproduced: {len(self.comparisons)} metrics within {self.tolerance:g} (reproduce.tolerance)"
