@@ -62,6 +62,7 @@ class Reproduction:
     commit: str
     data_version: str
     dirty: bool                  # the recorded tree had uncommitted changes the commit lacks
+    library_changes: list[str]   # libraries whose version here is not the recorded one
     comparisons: list[MetricComparison]
     tolerance: float
 
@@ -74,6 +75,7 @@ class Reproduction:
         lines = [f"{self.version}: commit {self.commit}, data version {self.data_version}"]
         if self.dirty:
             lines.append("warning: the recorded tree had uncommitted changes; the commit lacks them")
+        lines += [f"warning: {change}" for change in self.library_changes]
         lines.append(f"{'metric':<{width}}  {'original':>16}  {'reproduced':>16}  {'difference':>11}")
         lines += [f"{c.name:<{width}}  {c.original:>16.6f}  {c.reproduced:>16.6f}  {c.difference:>+11.2e}"
                   f"{'' if c.within else '  differs'}" for c in self.comparisons]
@@ -108,7 +110,10 @@ def reproduce(config: Config, model_uri: str) -> Reproduction:
         lineage.remove_worktree(config.project_dir, checkout)
     original = registry.run_metrics(config, version.run_id)
     names = sorted(set(original) & set(reproduced) - set(TIMING_METRICS))
-    return Reproduction(uri, commit, data_version, bool(record["code"].get("dirty")),
+    here = lineage.library_versions()
+    changes = [f"{name} {version} recorded, {here.get(name)} here"
+               for name, version in record.get("libraries", {}).items() if here.get(name) != version]
+    return Reproduction(uri, commit, data_version, bool(record["code"].get("dirty")), changes,
                         [MetricComparison(n, original[n], reproduced[n], config.reproduce.tolerance) for n in names],
                         config.reproduce.tolerance)
 
