@@ -88,13 +88,15 @@ def evaluate_task(config: Config, trained: TrainResult) -> EvaluationReport:
 
 
 @task(name="register", cache_policy=NO_CACHE)
-def register_task(config: Config, data_version: DataVersion, trained: TrainResult, evaluation: EvaluationReport,
-                  report: audit.AuditReport, parent: str | None) -> registry.RegisteredVersion:
+def register_task(config: Config, code: lineage.GitState, data_version: DataVersion, trained: TrainResult,
+                  evaluation: EvaluationReport, report: audit.AuditReport,
+                  parent: str | None) -> registry.RegisteredVersion:
     """config is the run's own: model.base as the user wrote it (a parent's URI for a warm start)."""
     reports = {"audit": [registry.report_artifact(p) for p in (report.json_path, report.html_path)],
                "evaluation": [registry.report_artifact(p) for p in evaluation.artifacts]}
-    record = lineage.build_record(config, data_version, trained.precision, parent, runtime.flow_run.id, reports)
-    tags = {"git_commit": str(lineage.git_state(config.project_dir)), "params_hash": config.params_hash(),
+    record = lineage.build_record(config, code, data_version, trained.precision, parent, runtime.flow_run.id,
+                                  reports)
+    tags = {"git_commit": str(code), "params_hash": config.params_hash(),
             "base_model": config.model.base, "method": config.train.method, "audit": "passed",
             **data_version.as_tags()}
     texts = {lineage.PARAMS_ARTIFACT: yaml.safe_dump(config.as_dict(), sort_keys=False),
@@ -141,12 +143,13 @@ def start_from_parent(config: Config) -> tuple[Config, str | None]:
 def retrain(project_dir: str = ".", overrides: list[str] | None = None) -> RetrainSummary:
     config = load_config(Path(project_dir), overrides or [])
     check_supported(config.train)   # e.g. qlora without a GPU: stop before any work
+    code = lineage.git_state(config.project_dir)
     work_config, parent = start_from_parent(config)
     report = audit_task(work_config)
     data_version = split_task(work_config)
     trained = train_task.with_options(retries=config.train.retries)(work_config, data_version)
     evaluation = evaluate_task(work_config, trained)
-    version = register_task(config, data_version, trained, evaluation, report, parent)
+    version = register_task(config, code, data_version, trained, evaluation, report, parent)
     alias, reason = promote_task(config, version)
     card_task(config, version, data_version, evaluation, report, alias, reason)
     return RetrainSummary(data_version.version, evaluation.metrics, evaluation.path, version.name, version.version,

@@ -90,11 +90,11 @@ def starting_weights(config: Config, parent: str | None) -> dict[str, str]:
             "weights_sha256": weights_sha256(resolve_model_path(config.model.base, config.project_dir))}
 
 
-def build_record(config: Config, data_version: DataVersion, precision: str, parent: str | None,
+def build_record(config: Config, git: GitState, data_version: DataVersion, precision: str, parent: str | None,
                  flow_run_id: str | None, reports: dict[str, list[str]]) -> dict[str, Any]:
-    """The lineage of one run. config is the run's own (model.base as the user wrote it); parent is the
-    warm start's version resolved to a number (models:/NAME/N); reports: artifact paths by report."""
-    git = git_state(config.project_dir)
+    """The lineage of one run. config is the run's own (model.base as the user wrote it); git, the checkout
+    as the run started (a commit made while it trains is not its code); parent, the warm start's version
+    resolved to a number (models:/NAME/N); reports, artifact paths by report."""
     return {
         "code": {"git_commit": git.commit, "dirty": git.dirty},
         "data": data_version.as_record(),
