@@ -4,7 +4,8 @@ The record names the code (git commit, dirty or not), the data (DVC data version
 raw and split file), the params (hash; the full file is logged beside it), the starting weights (the base
 model and its sha256, or the parent version for a warm start), the seed, precision and hardware, the
 library versions, the Prefect flow run and the report artifacts. Building it needs no torch: the
-`tunegate lineage` command only formats records read back from the registry.
+`tunegate lineage` command only formats records read back from the registry. Git is reached here: the
+checkout's state for the record, and the worktree of a recorded commit that `tunegate reproduce` rebuilds in.
 """
 from __future__ import annotations
 

@@ -38,11 +38,6 @@ def lineage_project(tmp_path_factory):
     return project, first, second
 
 
-def _cli(project: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flows.cli", "--project-dir", str(project), *args],
-                          capture_output=True, text=True)
-
-
 def _record(project: Path, version: str) -> tuple[dict, dict[str, str], str]:
     config = load_config(project)
     client = registry.connect(config)
@@ -93,11 +88,10 @@ def test_a_warm_start_trains_from_the_parent_and_records_its_number(lineage_proj
     assert record["seed"] == 7
 
 
-def test_lineage_command_prints_the_tree_back_to_the_base_model(lineage_project):
+def test_lineage_command_prints_the_tree_back_to_the_base_model(lineage_project, capsys):
     project, _, _ = lineage_project
-    result = _cli(project, "lineage", f"models:/{NAME}/2")
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
+    assert main(["--project-dir", str(project), "lineage", f"models:/{NAME}/2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
     parent_record, _, _ = _record(project, "1")
     assert lines[0] == f"models:/{NAME}/2"
     assert f"│   ├── parent: models:/{NAME}/1" in lines
@@ -173,18 +167,15 @@ def test_reproduce_fails_before_training_when_the_data_or_commit_cannot_be_had(l
     assert not (config.path(config.reproduce.work_dir) / f"{NAME}-1").exists()
 
 
-def test_reproduce_rebuilds_a_version_with_equal_metrics(lineage_project):
+def test_reproduce_rebuilds_a_version_with_equal_metrics(lineage_project, capsys):
     project, first, _ = lineage_project
-    started = time.perf_counter()
-    result = _cli(project, "reproduce", f"models:/{NAME}/1")
-    assert result.returncode == 0, result.stdout + result.stderr
-    lines = result.stdout.splitlines()
+    assert main(["--project-dir", str(project), "reproduce", f"models:/{NAME}/1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
     rows = {line.split()[0]: line.split()[1:] for line in lines[2:-1]}
     assert float(rows["test_accuracy"][1]) == pytest.approx(first.metrics["test_accuracy"], abs=1e-6)
     assert {"test_accuracy", "validation_accuracy", "forgetting_stsb", "eec_gender_gap"} <= set(rows)
     assert lines[-1].startswith("reproduced: ") and "within 0 (reproduce.tolerance)" in lines[-1]
     assert not (project / "outputs/reproduce" / f"{NAME}-1").exists()   # the scratch checkout is gone
-    print(f"reproduce took {time.perf_counter() - started:.1f} s")
 
 
 def _free_port() -> int:
