@@ -10,7 +10,6 @@ filled (every later one). Prints a table and writes benchmarks/results/evaluatio
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -38,7 +37,7 @@ def main() -> None:
     test = make_splits(config)["test"]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        config = dataclasses.replace(config, evaluate=dataclasses.replace(config.evaluate, base_cache_dir=tmp))
+        config = config.model_copy(update={"evaluate": config.evaluate.model_copy(update={"base_cache_dir": tmp})})
         for cache in ("empty", "filled"):
             load_before, cpu_before, started = os.getloadavg()[0], time.process_time(), time.perf_counter()
             report = evaluate_model(config, model_dir, test, Path(tmp) / f"report-{cache}")

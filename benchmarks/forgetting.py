@@ -12,7 +12,6 @@ about the task: they are listed for completeness; its STS-B score is the referen
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 
@@ -39,7 +38,7 @@ def main() -> None:
     configs = {}
     for name, overrides in {"base": [], **RUNS}.items():
         config = load_config(Path.cwd(), [*args.overrides, *overrides])
-        configs[name] = dataclasses.replace(config, split=dataclasses.replace(config.split, max_train_rows=args.rows))
+        configs[name] = config.model_copy(update={"split": config.split.model_copy(update={"max_train_rows": args.rows})})
     splits = make_splits(configs["base"])
     results = {}
     for name, config in configs.items():

@@ -2,7 +2,6 @@
 validation, the 1,821 SST-2 test sentences for accuracy."""
 from __future__ import annotations
 
-import dataclasses
 import os
 import platform
 
@@ -18,8 +17,8 @@ from pipeline.split import LABEL, TEXT, make_splits
 
 def sst2_slice(config: Config, rows: int) -> dict[str, pd.DataFrame]:
     """train: `rows` SST-2 train phrases (stratified, split.seed); validation: dev (872); test: test (1,821)."""
-    split = dataclasses.replace(config.split, max_train_rows=rows)
-    return make_splits(dataclasses.replace(config, split=split))
+    split = config.split.model_copy(update={"max_train_rows": rows})
+    return make_splits(config.model_copy(update={"split": split}))
 
 
 def accuracy_on(model, tokenizer, config: Config, test: pd.DataFrame) -> float:

@@ -3,14 +3,16 @@ can fix are printed as one message, with a non-zero exit."""
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import re
 import sys
 from pathlib import Path
 
 from pipeline import gates
-from pipeline.config import load_config
+from pipeline.config import json_schema, load_config
 from pipeline.errors import DataError, TunegateError
+from pipeline.redaction import RedactingFilter, redact
 
 KEY_METRICS = ("test_accuracy", "test_f1_macro")
 
@@ -34,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     audit = commands.add_parser("audit", help="audit one data file with params.yaml's columns, labels and checks; "
                                               "exit 1 if an error-severity check fails")
     audit.add_argument("path", type=Path, help="a CSV, TSV, Parquet or JSON Lines file")
+    commands.add_parser("schema", help="print the JSON schema of params.yaml (the project's params.schema.json)")
     return parser
 
 
@@ -87,19 +90,23 @@ class _UserErrorsWithoutTraceback(logging.Filter):
         return True
 
 
-def _quiet_user_errors() -> None:
+def _filter_logs() -> None:
+    """On every handler Prefect set up (console, its API): user errors without tracebacks, credentials masked."""
     for logger in (logging.getLogger(), logging.getLogger("prefect")):
         for handler in logger.handlers:
             handler.addFilter(_UserErrorsWithoutTraceback())
+            handler.addFilter(RedactingFilter())
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "retrain":
+            # A bad params.yaml or -S override fails here, in a second, not after Prefect and torch have loaded.
+            load_config(args.project_dir, args.overrides)
             from flows.retrain import retrain
 
-            _quiet_user_errors()
+            _filter_logs()
             print(retrain(str(args.project_dir), args.overrides))
         elif args.command == "models":
             print(_models(args.project_dir))
@@ -113,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
             reproduction = reproduce(load_config(args.project_dir), args.model)
             print(reproduction)
             return 0 if reproduction.reproduced else 1
+        elif args.command == "schema":
+            print(json.dumps(json_schema(), indent=2))
         elif args.command == "audit":
             from pipeline.audit import audit_file
             from pipeline.audit_report import as_text
@@ -121,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             print(as_text(report))
             return 0 if report.passed else 1
     except TunegateError as exc:
-        print(f"tunegate: error: {exc}", file=sys.stderr)
+        print(f"tunegate: error: {redact(str(exc))}", file=sys.stderr)
         return 1
     return 0
 

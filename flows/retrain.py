@@ -1,11 +1,10 @@
-"""The retraining flow: audit → split → train → evaluate → register → promote → model card.
+"""The retraining flow: preflight → audit → split → train → evaluate → register → promote → model card.
 
 Each task is a thin call into `pipeline/`; a failed task fails the flow, so nothing after it
 (registration, promotion) runs.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from pipeline.config import Config, load_config
 from pipeline.evaluation import EvaluationReport, evaluate_model
 from pipeline.errors import TunegateError
 from pipeline.methods import check_supported
+from pipeline.preflight import run_preflight
 from pipeline.split import read_split, split_paths
 from pipeline.training import TrainResult, train_model
 from pipeline.versioning import DataVersion, reproduce_splits
@@ -45,6 +45,11 @@ class RetrainSummary:
                   f"{'registered':<{width}} {self.model_name} version {self.version}",
                   f"{'decision':<{width}} {self.alias}: {self.reason}"]
         return "\n".join(lines)
+
+
+@task(name="preflight", cache_policy=NO_CACHE)
+def preflight_task(config: Config) -> None:
+    run_preflight(config)
 
 
 @task(name="audit", cache_policy=NO_CACHE)
@@ -136,7 +141,7 @@ def start_from_parent(config: Config) -> tuple[Config, str | None]:
     if not lineage.is_registry_uri(config.model.base):
         return config, None
     model_dir, parent = registry.resolve_parent(config, config.model.base)
-    return dataclasses.replace(config, model=dataclasses.replace(config.model, base=str(model_dir))), parent
+    return config.model_copy(update={"model": config.model.model_copy(update={"base": str(model_dir)})}), parent
 
 
 @flow(name="retrain")
@@ -145,6 +150,7 @@ def retrain(project_dir: str = ".", overrides: list[str] | None = None) -> Retra
     check_supported(config.train)   # e.g. qlora without a GPU: stop before any work
     code = lineage.git_state(config.project_dir)
     work_config, parent = start_from_parent(config)
+    preflight_task(work_config)     # disk, folders, base model, tracking store, DVC remote
     report = audit_task(work_config)
     data_version = split_task(work_config)
     trained = train_task.with_options(retries=config.train.retries)(work_config, data_version)

@@ -1,5 +1,6 @@
 """tunegate's library: typed configs and plain functions; no Prefect here."""
 import os
+import sys
 
 # Offline first and quiet: nothing phones home or downloads at run time. Set before the
 # libraries are imported, since they read these at import; a user's own values win.
@@ -17,3 +18,8 @@ for _name, _value in {
     "OMP_WAIT_POLICY": "PASSIVE",
 }.items():
     os.environ.setdefault(_name, _value)
+
+# Progress bars only on a terminal: in a log file their carriage returns make one unreadable line. The
+# Trainer logs each logging_steps' loss instead (training.training_arguments); every tqdm reads this.
+if not sys.stderr.isatty():
+    os.environ.setdefault("TQDM_DISABLE", "1")

@@ -81,7 +81,8 @@ def _count(result: dict[str, Any]) -> int:
 
 
 def _share(result: dict[str, Any]) -> float:
-    return round(result["unexpected_percent"] / 100, 6)
+    # GX gives no percentage when the column holds no non-null value to check (the null check reports those)
+    return round((result["unexpected_percent"] or 0.0) / 100, 6)
 
 
 def _found(problem: str, show: Callable[[int], str]) -> Describe:

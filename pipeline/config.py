@@ -1,91 +1,112 @@
-"""params.yaml -> frozen dataclasses, with `-S section.key=value` overrides.
+"""params.yaml -> a typed, frozen configuration (pydantic), with `-S section.key=value` overrides.
 
-Every value is checked against its field's type when loaded, so a bad value fails
-before any work starts, with the key that is wrong and what it should be.
+The schema is the classes below: types, ranges and allowed values are declared on the fields, and what a
+field cannot say alone (a rate for the chosen method, save_steps a multiple of eval_steps) is checked by a
+validator of the section that holds both. A bad value fails before any work starts, with the key that is
+wrong and what it should be. `params.schema.json` (from `Config.model_json_schema()`) lets editors check
+params.yaml as it is typed.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from pipeline.errors import ConfigError
+from pipeline.redaction import redact_values
 
 PARAMS_FILE = "params.yaml"
-# train.method -> a builder in pipeline/methods/ (METHOD_BUILDERS); this tuple is what params.yaml may name.
-METHODS = ("full", "freeze", "lora", "dora", "ia3", "prompt_tuning", "prefix_tuning", "qlora")
-PRECISIONS = ("auto", "bf16", "fp32")
+# train.method -> a builder in pipeline/methods/ (METHOD_BUILDERS); this is what params.yaml may name.
+Method = Literal["full", "freeze", "lora", "dora", "ia3", "prompt_tuning", "prefix_tuning", "qlora"]
+METHODS: tuple[str, ...] = Method.__args__
 # error: a failed check stops the run; warning: it is reported and the run goes on.
 Severity = Literal["error", "warning"]
-SCHEDULERS = ("linear", "cosine", "constant_with_warmup")   # transformers SchedulerType names
-UNFREEZE_UNITS = ("steps", "epochs")
-QUANT_TYPES = ("nf4", "fp4")
 
 
-@dataclass(frozen=True)
-class DataConfig:
+def _yaml_number(value: Any) -> Any:
+    # YAML 1.1 reads `2e-5` (no dot) as a string; users mean the number.
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+Number = Annotated[float, BeforeValidator(_yaml_number)]
+Positive = Annotated[Number, Field(gt=0)]
+NonNegative = Annotated[Number, Field(ge=0)]
+Share = Annotated[Number, Field(ge=0, le=1)]            # a fraction of rows, or a probability
+OpenShare = Annotated[Number, Field(gt=0, lt=1)]
+PositiveInt = Annotated[int, Field(gt=0)]
+Count = Annotated[int, Field(ge=0)]
+Names = Annotated[list[str], Field(min_length=1)]
+
+
+class Section(BaseModel):
+    # strict: `epochs: two` or `batch_size: 1.5` is an error, not a guess; numbers in strings are read above
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+class DataConfig(Section):
     train: str
     validation: str | None
     test: str | None
     text_column: str
     label_column: str
-    labels: dict[int, str]
+    labels: Annotated[dict[int, str], Field(min_length=2)]   # label value in the file -> name
 
     @property
     def label_values(self) -> list[int]:
         return sorted(self.labels)
 
 
-@dataclass(frozen=True)
-class SplitConfig:
+class SplitConfig(Section):
     seed: int
-    validation_fraction: float
-    test_fraction: float
-    max_train_rows: int | None
+    validation_fraction: OpenShare
+    test_fraction: OpenShare
+    max_train_rows: PositiveInt | None
     out_dir: str
 
 
-@dataclass(frozen=True)
-class Check:
+class Check(Section):
     """One audit check's settings: its severity and, in the subclasses, its threshold."""
     severity: Severity
 
 
-@dataclass(frozen=True)
 class LengthCheck(Check):
-    min: int
-    max: int
+    min: Count
+    max: Count
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LengthCheck:
+        if self.min > self.max:
+            raise ValueError(f"needs 0 <= min <= max, got min {self.min} and max {self.max}")
+        return self
 
 
-@dataclass(frozen=True)
 class MaxShareCheck(Check):
-    max_share: float
+    max_share: Share
 
 
-@dataclass(frozen=True)
 class MinShareCheck(Check):
-    min_share: float
+    min_share: Share
 
 
-@dataclass(frozen=True)
 class MinRowsCheck(Check):
-    min_rows: int
+    min_rows: Count
 
 
-@dataclass(frozen=True)
 class MaxGapCheck(Check):
-    max_gap: float
+    max_gap: Share
 
 
-@dataclass(frozen=True)
-class AuditChecks:
+class AuditChecks(Section):
     columns: Check
     text_type: Check
     label_type: Check
@@ -101,85 +122,82 @@ class AuditChecks:
     leakage: MaxShareCheck
 
 
-@dataclass(frozen=True)
-class BiasConfig:
+class BiasConfig(Section):
     lexicon: str | None
     positive_label: int
-    min_slice_rows: int
+    min_slice_rows: PositiveInt
     representation: MinShareCheck
     positive_rate_gap: MaxGapCheck
 
 
-@dataclass(frozen=True)
-class AuditConfig:
+class AuditConfig(Section):
     report_dir: str
     checks: AuditChecks
     bias: BiasConfig
 
 
-@dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(Section):
     base: str
-    max_length: int
+    max_length: PositiveInt
 
 
-@dataclass(frozen=True)
-class LayersConfig:
+class LayersConfig(Section):
     """full and freeze: which encoder layers train, at which learning rate, from when."""
-    freeze_lowest: int
-    lr_decay: float
-    unfreeze_every: int
-    unfreeze_unit: str
+    freeze_lowest: Count
+    lr_decay: Annotated[Number, Field(gt=0, le=1)]   # 1: off
+    unfreeze_every: Count                            # 0: off
+    unfreeze_unit: Literal["steps", "epochs"]
 
 
-@dataclass(frozen=True)
-class LoraConfig:
+class LoraConfig(Section):
     """lora, dora and qlora."""
-    r: int
-    alpha: int
-    dropout: float
-    target_modules: list[str]
+    r: PositiveInt
+    alpha: PositiveInt
+    dropout: Annotated[Number, Field(ge=0, lt=1)]
+    target_modules: Names
 
 
-@dataclass(frozen=True)
-class QloraConfig:
-    quant_type: str
+class QloraConfig(Section):
+    quant_type: Literal["nf4", "fp4"]
     double_quant: bool
 
 
-@dataclass(frozen=True)
-class Ia3Config:
-    target_modules: list[str]
+class Ia3Config(Section):
+    target_modules: Names
     feedforward_modules: list[str]
 
+    @model_validator(mode="after")
+    def _feedforward_within_targets(self) -> Ia3Config:
+        if not set(self.feedforward_modules) <= set(self.target_modules):
+            raise ValueError(f"feedforward_modules must be a subset of target_modules, got {self.feedforward_modules}")
+        return self
 
-@dataclass(frozen=True)
-class VirtualTokensConfig:
+
+class VirtualTokensConfig(Section):
     """prompt_tuning and prefix_tuning."""
-    num_virtual_tokens: int
+    num_virtual_tokens: PositiveInt
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    method: str
+class TrainConfig(Section):
+    method: Method
     seed: int
-    epochs: float
-    batch_size: int
-    eval_batch_size: int
-    length_window: int                  # batches whose texts are sorted by length together (1: random batches)
-    learning_rate: dict[str, float]     # per method: each family trains at its own scale
-    weight_decay: float
-    warmup_ratio: float
-    lr_scheduler: str
-    max_grad_norm: float
-    eval_steps: int
-    save_steps: int
-    save_total_limit: int
+    epochs: Positive
+    batch_size: PositiveInt
+    eval_batch_size: PositiveInt
+    length_window: PositiveInt                  # batches whose texts are sorted by length together (1: random)
+    learning_rate: dict[Method, Positive]       # per method: each family trains at its own scale
+    weight_decay: NonNegative
+    warmup_ratio: Annotated[Number, Field(ge=0, lt=1)]
+    lr_scheduler: Literal["linear", "cosine", "constant_with_warmup"]   # transformers SchedulerType names
+    max_grad_norm: Positive
+    eval_steps: PositiveInt
+    save_steps: PositiveInt
+    save_total_limit: PositiveInt
     best_metric: str
-    early_stopping_patience: int
-    logging_steps: int
-    retries: int
-    precision: str
+    early_stopping_patience: Count              # 0: never stop early
+    logging_steps: PositiveInt
+    retries: Count
+    precision: Literal["auto", "bf16", "fp32"]
     output_dir: str
     layers: LayersConfig
     lora: LoraConfig
@@ -188,78 +206,94 @@ class TrainConfig:
     prompt_tuning: VirtualTokensConfig
     prefix_tuning: VirtualTokensConfig
 
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.method not in self.learning_rate:
+            raise ValueError(f"learning_rate has no rate for method={self.method}: add e.g. "
+                             f"train.learning_rate.{self.method}: 1.0e-4")
+        if self.save_steps % self.eval_steps:
+            raise ValueError(f"save_steps must be a multiple of eval_steps ({self.eval_steps}), got {self.save_steps}: "
+                             f"every checkpoint needs its validation score for the best one to be kept")
+        return self
+
     @property
     def method_learning_rate(self) -> float:
         return self.learning_rate[self.method]
 
 
-@dataclass(frozen=True)
-class GeneralBenchmark:
+class GeneralBenchmark(Section):
     name: str       # metrics: general_<name>_<score>, forgetting_<name>, retained_<name>
     kind: str       # a key of pipeline.general.KINDS: how the file is read and scored
     path: str
 
 
-@dataclass(frozen=True)
-class EarlierTask:
+class EarlierTask(Section):
     name: str       # metrics: earlier_<name>_<metric>
     path: str
     text_column: str
     label_column: str
 
 
-@dataclass(frozen=True)
-class CounterfactualAttribute:
+class CounterfactualAttribute(Section):
     column: str
-    groups: list[str]   # exactly two; gaps are first minus second
+    groups: Annotated[list[str], Field(min_length=2, max_length=2)]   # gaps are first minus second
 
 
-@dataclass(frozen=True)
-class CounterfactualConfig:
+class CounterfactualConfig(Section):
     name: str           # metrics: <name>_<attribute>_gap, ..._p_value, ..._<group>_mean
     path: str
     text_column: str
     pair_by: list[str]
-    attributes: dict[str, CounterfactualAttribute]
-    alpha: float
+    attributes: Annotated[dict[str, CounterfactualAttribute], Field(min_length=1)]
+    alpha: OpenShare
 
 
-@dataclass(frozen=True)
-class EvaluateConfig:
-    metrics: list[str]
+class EvaluateConfig(Section):
+    metrics: Names
     metric_options: dict[str, dict[str, Any]] | None
-    batch_size: int
+    batch_size: PositiveInt
     report_dir: str
     general: list[GeneralBenchmark]
     base_cache_dir: str
     earlier_tasks: list[EarlierTask]
     counterfactual: CounterfactualConfig | None
 
+    @model_validator(mode="after")
+    def _consistent(self) -> EvaluateConfig:
+        names = [b.name for b in self.general] + [t.name for t in self.earlier_tasks]
+        if len(names) != len(set(names)):
+            raise ValueError(f"general and earlier_tasks need distinct names (they name metrics), got {names}")
+        stray = [metric for metric in self.metric_options or {} if metric not in self.metrics]
+        if stray:
+            raise ValueError(f"metric_options.{stray[0]}: {stray[0]!r} is not in metrics {self.metrics}")
+        return self
 
-@dataclass(frozen=True)
-class GatesConfig:
-    min_accuracy: float
-    champion_tolerance: float
-    max_forgetting: float | None
-    max_bias_gap: float | None
+
+class GatesConfig(Section):
+    min_accuracy: Share             # task accuracy floor on the test split
+    champion_tolerance: NonNegative
+    max_forgetting: NonNegative | None   # null: not checked
+    max_bias_gap: Share | None           # null: not checked
 
 
-@dataclass(frozen=True)
-class RegistryConfig:
+class RegistryConfig(Section):
     tracking_uri: str
     artifact_location: str
     experiment: str
     model_name: str
 
 
-@dataclass(frozen=True)
-class ReproduceConfig:
-    tolerance: float    # largest |original - reproduced| of a metric that still counts as reproduced
-    work_dir: str       # scratch checkouts: <work_dir>/<model name>-<version>
+class PreflightConfig(Section):
+    min_free_mb: Count            # free disk space every output folder needs before a run starts
+    store_timeout_s: Positive     # how long to wait for the tracking store to answer
 
 
-@dataclass(frozen=True)
-class Config:
+class ReproduceConfig(Section):
+    tolerance: NonNegative    # largest |original - reproduced| of a metric that still counts as reproduced
+    work_dir: str             # scratch checkouts: <work_dir>/<model name>-<version>
+
+
+class Config(Section):
     data: DataConfig
     split: SplitConfig
     audit: AuditConfig
@@ -268,17 +302,24 @@ class Config:
     evaluate: EvaluateConfig
     gates: GatesConfig
     registry: RegistryConfig
+    preflight: PreflightConfig
     reproduce: ReproduceConfig
-    # The folder holding params.yaml; relative paths in the config resolve against it.
-    project_dir: Path = field(default=Path("."), compare=False)
+    # The folder holding params.yaml; relative paths in the config resolve against it. Not a parameter.
+    project_dir: Path = Field(default=Path("."), exclude=True)
+
+    @model_validator(mode="after")
+    def _positive_label_is_a_label(self) -> Config:
+        if self.audit.bias.positive_label not in self.data.labels:
+            raise ValueError(f"audit.bias.positive_label must be one of data.labels "
+                             f"({', '.join(map(str, self.data.labels))}), got {self.audit.bias.positive_label}")
+        return self
 
     def path(self, relative: str) -> Path:
         return (self.project_dir / relative).resolve()
 
     def as_dict(self) -> dict[str, Any]:
-        raw = dataclasses.asdict(self)
-        raw.pop("project_dir")
-        return raw
+        """Every parameter, credentials in URIs masked: this is what is logged, hashed and shown."""
+        return redact_values(self.model_dump())
 
     def params_hash(self) -> str:
         """A short, stable hash of every parameter: equal hashes, equal configuration."""
@@ -301,11 +342,14 @@ def load_config(project_dir: str | Path = ".", overrides: list[str] | tuple[str,
         raw = yaml.safe_load(params_path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{params_path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{params_path} must be a mapping of sections (data, split, ...), got {raw!r}.")
     for override in overrides:
         apply_override(raw, override)
-    config = _build(Config, {**raw, "project_dir": project_dir}, "")
-    _validate(config)
-    return config
+    try:
+        return Config.model_validate({**raw, "project_dir": project_dir})
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from exc
 
 
 def apply_override(raw: dict[str, Any], override: str) -> None:
@@ -333,179 +377,50 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
         raise ConfigError(f"Override {override!r}: the value is not valid YAML ({exc}).") from exc
 
 
-def _build(cls: type, raw: Any, where: str) -> Any:
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where or PARAMS_FILE} must be a mapping, got {raw!r}.")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields))
-    if unknown:
-        raise ConfigError(f"Unknown key(s) {', '.join(_join(where, u) for u in unknown)} in {PARAMS_FILE}; "
-                          f"known: {', '.join(fields)}.")
-    values = {}
-    for name, spec in fields.items():
-        key = _join(where, name)
-        if name not in raw:
-            if spec.default is not dataclasses.MISSING:
-                continue
-            raise ConfigError(f"Missing key {key!r} in {PARAMS_FILE}.")
-        values[name] = _coerce(hints[name], raw[name], key)
-    return cls(**values)
+def _describe(exc: ValidationError) -> str:
+    """The first problem (and how many more) as `key: what is wrong, got value`."""
+    problems = []
+    for error in exc.errors(include_url=False):
+        key = _key(error["loc"])
+        if error["type"] == "missing":
+            problems.append(f"Missing key {key!r} in {PARAMS_FILE}.")
+        elif error["type"] == "extra_forbidden":
+            problems.append(f"Unknown key {key!r} in {PARAMS_FILE}; known: {', '.join(_known(error['loc']))}.")
+        else:
+            message = error["msg"].removeprefix("Value error, ")
+            got = "" if error["type"] == "value_error" else f", got {error['input']!r}"
+            problems.append(f"{key or PARAMS_FILE}: {message}{got}.")
+    more = f" ({len(problems) - 1} more problem(s) after fixing it)" if len(problems) > 1 else ""
+    return problems[0] + more
 
 
-def _coerce(hint: Any, value: Any, key: str) -> Any:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, key)
-    if origin in (types.UnionType, typing.Union):
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(inner, value, key)
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{key} must be a list, got {value!r}.")
-        return [_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict) or not value:
-            raise ConfigError(f"{key} must be a non-empty mapping, got {value!r}.")
-        return {_coerce(args[0], k, f"{key} key"): _coerce(args[1], v, f"{key}.{k}") for k, v in value.items()}
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{key} must be one of {', '.join(map(str, args))}, got {value!r}.")
-        return value
-    if hint is Path:
-        return Path(value)
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is float and isinstance(value, str):
-        # YAML 1.1 reads `2e-5` (no dot) as a string; users mean the number.
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if hint in (int, float, str, bool) and (type(value) is not hint):
-        raise ConfigError(f"{key} must be {hint.__name__}, got {value!r} ({type(value).__name__}).")
-    return value
+def _key(loc: tuple) -> str:
+    """`evaluate.general[0].name`: the path of a value in params.yaml."""
+    return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
 
 
-def _join(where: str, name: str) -> str:
-    return f"{where}.{name}" if where else name
+def _known(loc: tuple) -> list[str]:
+    """The keys the section holding loc's last key allows."""
+    model: Any = Config
+    parts = list(loc[:-1])
+    while parts:
+        field = model.model_fields.get(parts.pop(0))
+        if field is None:
+            return []
+        hint = field.annotation
+        sections = [t for t in (hint, *typing.get_args(hint)) if _is_section(t)]
+        if not sections:
+            return []
+        if typing.get_origin(hint) in (list, dict) and parts:
+            parts.pop(0)   # the item's index or key
+        model = sections[0]
+    return [name for name, field in model.model_fields.items() if not field.exclude]
 
 
-def _validate(config: Config) -> None:
-    checks = [
-        *_train_checks(config.train),
-        (0 < config.split.validation_fraction < 1, f"split.validation_fraction must be in (0, 1), got {config.split.validation_fraction}."),
-        (0 < config.split.test_fraction < 1, f"split.test_fraction must be in (0, 1), got {config.split.test_fraction}."),
-        (config.split.max_train_rows is None or config.split.max_train_rows > 0,
-         f"split.max_train_rows must be positive or null, got {config.split.max_train_rows}."),
-        (len(config.data.labels) >= 2, f"data.labels needs at least two labels, got {config.data.labels}."),
-        (0 <= config.gates.min_accuracy <= 1, f"gates.min_accuracy must be in [0, 1], got {config.gates.min_accuracy}."),
-        (config.model.max_length > 0, f"model.max_length must be positive, got {config.model.max_length}."),
-        (config.reproduce.tolerance >= 0, f"reproduce.tolerance must be 0 or more, got {config.reproduce.tolerance}."),
-        *_evaluate_checks(config),
-        *_audit_checks(config),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(message)
+def _is_section(hint: Any) -> bool:
+    return isinstance(hint, type) and issubclass(hint, BaseModel)
 
 
-def _audit_checks(config: Config) -> list[tuple[bool, str]]:
-    checks, bias = config.audit.checks, config.audit.bias
-    shares = {
-        "audit.checks.truncated.max_share": checks.truncated.max_share,
-        "audit.checks.duplicates.max_share": checks.duplicates.max_share,
-        "audit.checks.conflicting_labels.max_share": checks.conflicting_labels.max_share,
-        "audit.checks.class_balance.min_share": checks.class_balance.min_share,
-        "audit.checks.leakage.max_share": checks.leakage.max_share,
-        "audit.bias.representation.min_share": bias.representation.min_share,
-        "audit.bias.positive_rate_gap.max_gap": bias.positive_rate_gap.max_gap,
-    }
-    chars = checks.text_chars
-    return [
-        *((0 <= value <= 1, f"{key} must be in [0, 1], got {value}.") for key, value in shares.items()),
-        (0 <= chars.min <= chars.max,
-         f"audit.checks.text_chars needs 0 <= min <= max, got min {chars.min} and max {chars.max}."),
-        (checks.rows_per_class.min_rows >= 0,
-         f"audit.checks.rows_per_class.min_rows must be 0 or more, got {checks.rows_per_class.min_rows}."),
-        (bias.min_slice_rows > 0, f"audit.bias.min_slice_rows must be positive, got {bias.min_slice_rows}."),
-        (bias.positive_label in config.data.labels,
-         f"audit.bias.positive_label must be one of data.labels ({', '.join(map(str, config.data.labels))}), "
-         f"got {bias.positive_label}."),
-    ]
-
-
-def _train_checks(train: TrainConfig) -> list[tuple[bool, str]]:
-    layers, lora, ia3 = train.layers, train.lora, train.ia3
-    unknown_lr = sorted(set(train.learning_rate) - set(METHODS))
-    return [
-        (train.method in METHODS, f"train.method must be one of {', '.join(METHODS)}, got {train.method!r}."),
-        (not unknown_lr, f"train.learning_rate has unknown method(s) {', '.join(unknown_lr)}; methods: {', '.join(METHODS)}."),
-        (train.method in train.learning_rate,
-         f"train.learning_rate has no rate for train.method={train.method}: add e.g. train.learning_rate.{train.method}: 1.0e-4."),
-        (all(lr > 0 for lr in train.learning_rate.values()), f"train.learning_rate values must be positive, got {train.learning_rate}."),
-        (train.precision in PRECISIONS, f"train.precision must be one of {', '.join(PRECISIONS)}, got {train.precision!r}."),
-        (train.epochs > 0, f"train.epochs must be positive, got {train.epochs}."),
-        (train.batch_size > 0, f"train.batch_size must be positive, got {train.batch_size}."),
-        (train.eval_batch_size > 0, f"train.eval_batch_size must be positive, got {train.eval_batch_size}."),
-        (train.length_window >= 1, f"train.length_window must be at least 1 (1: random batches), got {train.length_window}."),
-        (train.weight_decay >= 0, f"train.weight_decay must be >= 0, got {train.weight_decay}."),
-        (0 <= train.warmup_ratio < 1, f"train.warmup_ratio must be in [0, 1), got {train.warmup_ratio}."),
-        (train.lr_scheduler in SCHEDULERS, f"train.lr_scheduler must be one of {', '.join(SCHEDULERS)}, got {train.lr_scheduler!r}."),
-        (train.max_grad_norm > 0, f"train.max_grad_norm must be positive, got {train.max_grad_norm}."),
-        (train.eval_steps > 0, f"train.eval_steps must be positive, got {train.eval_steps}."),
-        (train.save_steps > 0 and train.save_steps % train.eval_steps == 0,
-         f"train.save_steps must be a positive multiple of train.eval_steps ({train.eval_steps}), got {train.save_steps}: "
-         f"every checkpoint needs its validation score for the best one to be kept."),
-        (train.save_total_limit >= 1, f"train.save_total_limit must be at least 1, got {train.save_total_limit}."),
-        (train.early_stopping_patience >= 0, f"train.early_stopping_patience must be >= 0 (0: off), got {train.early_stopping_patience}."),
-        (train.logging_steps > 0, f"train.logging_steps must be positive, got {train.logging_steps}."),
-        (train.retries >= 0, f"train.retries must be >= 0, got {train.retries}."),
-        (layers.freeze_lowest >= 0, f"train.layers.freeze_lowest must be >= 0, got {layers.freeze_lowest}."),
-        (0 < layers.lr_decay <= 1, f"train.layers.lr_decay must be in (0, 1] (1: off), got {layers.lr_decay}."),
-        (layers.unfreeze_every >= 0, f"train.layers.unfreeze_every must be >= 0 (0: off), got {layers.unfreeze_every}."),
-        (layers.unfreeze_unit in UNFREEZE_UNITS,
-         f"train.layers.unfreeze_unit must be one of {', '.join(UNFREEZE_UNITS)}, got {layers.unfreeze_unit!r}."),
-        (lora.r > 0, f"train.lora.r must be positive, got {lora.r}."),
-        (lora.alpha > 0, f"train.lora.alpha must be positive, got {lora.alpha}."),
-        (0 <= lora.dropout < 1, f"train.lora.dropout must be in [0, 1), got {lora.dropout}."),
-        (bool(lora.target_modules), "train.lora.target_modules must name at least one module, e.g. [query, value]."),
-        (train.qlora.quant_type in QUANT_TYPES,
-         f"train.qlora.quant_type must be one of {', '.join(QUANT_TYPES)}, got {train.qlora.quant_type!r}."),
-        (bool(ia3.target_modules), "train.ia3.target_modules must name at least one module, e.g. [key, value, output.dense]."),
-        (set(ia3.feedforward_modules) <= set(ia3.target_modules),
-         f"train.ia3.feedforward_modules must be a subset of train.ia3.target_modules, got {ia3.feedforward_modules}."),
-        (train.prompt_tuning.num_virtual_tokens > 0,
-         f"train.prompt_tuning.num_virtual_tokens must be positive, got {train.prompt_tuning.num_virtual_tokens}."),
-        (train.prefix_tuning.num_virtual_tokens > 0,
-         f"train.prefix_tuning.num_virtual_tokens must be positive, got {train.prefix_tuning.num_virtual_tokens}."),
-    ]
-def _evaluate_checks(config: Config) -> list[tuple[bool, str]]:
-    evaluate, gates = config.evaluate, config.gates
-    names = [b.name for b in evaluate.general] + [t.name for t in evaluate.earlier_tasks]
-    checks = [
-        (evaluate.batch_size > 0, f"evaluate.batch_size must be positive, got {evaluate.batch_size}."),
-        (len(names) == len(set(names)),
-         f"evaluate.general and evaluate.earlier_tasks need distinct names (they name metrics), got {names}."),
-        *((metric in evaluate.metrics,
-           f"evaluate.metric_options.{metric}: {metric!r} is not in evaluate.metrics {evaluate.metrics}.")
-          for metric in evaluate.metric_options or {}),
-        (gates.max_forgetting is None or gates.max_forgetting >= 0,
-         f"gates.max_forgetting must be 0 or more, or null to skip the gate, got {gates.max_forgetting}."),
-        (gates.max_bias_gap is None or 0 <= gates.max_bias_gap <= 1,
-         f"gates.max_bias_gap must be in [0, 1], or null to skip the gate, got {gates.max_bias_gap}."),
-    ]
-    counterfactual = evaluate.counterfactual
-    if counterfactual is not None:
-        checks += [
-            (0 < counterfactual.alpha < 1,
-             f"evaluate.counterfactual.alpha must be in (0, 1), got {counterfactual.alpha}."),
-            *((len(attribute.groups) == 2,
-               f"evaluate.counterfactual.attributes.{name}.groups must name exactly two groups, "
-               f"got {attribute.groups}.")
-              for name, attribute in counterfactual.attributes.items()),
-        ]
-    return checks
+def json_schema() -> dict[str, Any]:
+    """The JSON schema of params.yaml, for editors (params.schema.json)."""
+    return Config.model_json_schema()

@@ -7,7 +7,6 @@ group_<category>_dp_difference / _eo_difference and their largest, group_dp_diff
 """
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,7 +129,7 @@ def earlier_task_scores(config: Config, model: PreTrainedModel, tokenizer: PreTr
                         paths: dict[str, Path]) -> dict[str, float]:
     scores: dict[str, float] = {}
     for i, task in enumerate(config.evaluate.earlier_tasks):
-        data = dataclasses.replace(config.data, text_column=task.text_column, label_column=task.label_column)
+        data = config.data.model_copy(update={"text_column": task.text_column, "label_column": task.label_column})
         frame = to_canonical(read_table(paths[f"evaluate.earlier_tasks[{i}].path"]), data, task.path)
         metrics, _ = task_suite(config, model, tokenizer, frame)
         scores |= {f"earlier_{task.name}_{name}": value for name, value in metrics.items()}

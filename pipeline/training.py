@@ -7,6 +7,7 @@ early stopping, checkpoints every save_steps that a re-run resumes from, and the
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,6 +147,8 @@ def training_arguments(train: TrainConfig, checkpoint_dir: Path, bf16: bool) -> 
         load_best_model_at_end=True,
         metric_for_best_model=train.best_metric,
         logging_steps=train.logging_steps,
+        # a progress bar on a terminal; elsewhere (a scheduled run's log) one line of loss and rate per logging step
+        disable_tqdm=not sys.stderr.isatty(),
         seed=train.seed,
         data_seed=train.seed,
         report_to="none",

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import sys
 from contextlib import contextmanager
@@ -13,7 +14,7 @@ import yaml
 from dvc.exceptions import DvcException
 from dvc.repo import Repo
 
-from pipeline.errors import DataError
+from pipeline.errors import DataError, EnvironmentProblem
 
 SPLIT_STAGE = "split"
 
@@ -33,6 +34,19 @@ class DataVersion:
 
 
 @contextmanager
+def _quiet_dvc() -> Iterator[None]:
+    """DVC's own progress and its hints for a person at a shell ("git add dvc.lock", "enable auto staging") are
+    noise in a run's log; warnings and errors still show, and the flow logs the data version."""
+    dvc_log = logging.getLogger("dvc")
+    level = dvc_log.level
+    dvc_log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        dvc_log.setLevel(level)
+
+
+@contextmanager
 def _in_project(project_dir: Path) -> Iterator[None]:
     # DVC resolves targets and runs stage commands relative to the cwd, and dvc.yaml's
     # commands call `python`: run in the project, with this interpreter first on PATH.
@@ -49,13 +63,30 @@ def _in_project(project_dir: Path) -> Iterator[None]:
 def reproduce_splits(project_dir: Path) -> DataVersion:
     """`dvc repro split` (a no-op when data and params are unchanged), push to the default remote, read dvc.lock."""
     try:
-        with _in_project(project_dir), Repo(str(project_dir)) as repo:
+        with _in_project(project_dir), _quiet_dvc(), Repo(str(project_dir)) as repo:
             repo.reproduce(SPLIT_STAGE)
             if repo.config["core"].get("remote"):
                 repo.push()
     except DvcException as exc:
         raise DataError(f"DVC could not reproduce the '{SPLIT_STAGE}' stage in {project_dir}: {exc}") from exc
     return read_data_version(project_dir)
+
+
+def check_remote(project_dir: Path) -> None:
+    """The default DVC remote (if any) can be reached and written: a split is pushed there before training."""
+    with _in_project(project_dir), _quiet_dvc(), Repo(str(project_dir)) as repo:
+        name = repo.config["core"].get("remote")
+        if not name:
+            return
+        url = repo.config["remote"][name]["url"]
+        try:
+            remote = repo.cloud.get_remote_odb(name)
+            remote.fs.makedirs(remote.path, exist_ok=True)   # a first push creates it; a vanished mount fails here
+            if not remote.fs.exists(remote.path):
+                raise FileNotFoundError(url)
+        except (DvcException, OSError) as exc:
+            raise EnvironmentProblem(f"DVC remote {name!r} at {url} cannot be reached ({exc}): restore it, or point "
+                                     f"it elsewhere with `dvc remote modify {name} url NEW_URL`.") from exc
 
 
 def read_data_version(project_dir: Path) -> DataVersion:

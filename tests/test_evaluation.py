@@ -2,7 +2,6 @@
 the base-score cache, missing files, and the whole suite on a real model and small slices."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import re
@@ -29,7 +28,7 @@ REFERENCES = np.array([0, 1, 1, 0, 1])
 
 
 def settings(**changes):
-    return dataclasses.replace(load_config(REPO).evaluate, **changes)
+    return load_config(REPO).evaluate.model_copy(update=changes)
 
 
 def test_task_metrics_match_a_hand_computed_case():
