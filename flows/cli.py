@@ -36,6 +36,11 @@ def _parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="evaluate a registered version or a local model directory")
     evaluate.add_argument("model", metavar="MODEL_URI",
                           help="models:/NAME/VERSION, models:/NAME@ALIAS, or a local transformers model directory")
+    lineage = commands.add_parser("lineage", help="what a registered version was built from, back to its base model")
+    lineage.add_argument("model", metavar="MODEL_URI", help="models:/NAME/VERSION or models:/NAME@ALIAS")
+    reproduce = commands.add_parser("reproduce", help="rebuild a registered version from its lineage in a scratch "
+                                                      "checkout and compare its metrics; exit 1 if they differ")
+    reproduce.add_argument("model", metavar="MODEL_URI", help="models:/NAME/VERSION or models:/NAME@ALIAS")
     audit = commands.add_parser("audit", help="audit one data file with params.yaml's columns, labels and checks; "
                                               "exit 1 if an error-severity check fails")
     audit.add_argument("path", type=Path, help="a CSV, TSV, Parquet or JSON Lines file")
@@ -98,6 +103,13 @@ def _evaluate(project_dir: Path, model_uri: str) -> str:
                       f"{'report':<{width}} {report.path}"])
 
 
+def _lineage(project_dir: Path, model_uri: str) -> str:
+    from pipeline import registry
+    from pipeline.lineage import format_tree
+
+    return format_tree(registry.lineage_chain(load_config(project_dir), model_uri))
+
+
 class _UserErrorsWithoutTraceback(logging.Filter):
     """Prefect logs a failed task with its traceback; for an error the user can fix, the message is enough."""
 
@@ -137,6 +149,14 @@ def main(argv: list[str] | None = None) -> int:
             print(_moved(move))
         elif args.command == "evaluate":
             print(_evaluate(args.project_dir, args.model))
+        elif args.command == "lineage":
+            print(_lineage(args.project_dir, args.model))
+        elif args.command == "reproduce":
+            from pipeline.reproduce import reproduce
+
+            reproduction = reproduce(load_config(args.project_dir), args.model)
+            print(reproduction)
+            return 0 if reproduction.reproduced else 1
         elif args.command == "schema":
             print(json.dumps(json_schema(), indent=2))
         elif args.command == "audit":

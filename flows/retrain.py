@@ -1,4 +1,4 @@
-"""The retraining flow: preflight → audit → split → train → evaluate → register → promote.
+"""The retraining flow: preflight → audit → split → train → evaluate → register → promote → model card.
 
 Each task is a thin call into `pipeline/`; a failed task fails the flow, so nothing after it
 (registration, promotion) runs.
@@ -8,14 +8,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from prefect import flow, get_run_logger, task
+import yaml
+from prefect import flow, get_run_logger, runtime, task
 from prefect.cache_policies import NO_CACHE
 
-from pipeline import audit, gates, promotion, registry
+from pipeline import audit, audit_report, gates, lineage, model_card, promotion, registry
 from pipeline.config import Config, load_config
 from pipeline.evaluation import EvaluationReport, evaluate_model
 from pipeline.errors import TunegateError
-from pipeline.lineage import git_commit
 from pipeline.methods import check_supported
 from pipeline.preflight import run_preflight
 from pipeline.split import read_split, split_paths
@@ -109,14 +109,23 @@ def evaluate_task(config: Config, trained: TrainResult) -> EvaluationReport:
 
 
 @task(name="register", cache_policy=NO_CACHE)
-def register_task(config: Config, data_version: DataVersion, trained: TrainResult,
-                  evaluation: EvaluationReport, report: audit.AuditReport) -> registry.RegisteredVersion:
-    tags = {"git_commit": git_commit(config.project_dir), "params_hash": config.params_hash(),
+def register_task(config: Config, code: lineage.GitState, data_version: DataVersion, trained: TrainResult,
+                  evaluation: EvaluationReport, report: audit.AuditReport,
+                  parent: str | None) -> registry.RegisteredVersion:
+    """config is the run's own: model.base as the user wrote it (a parent's URI for a warm start)."""
+    reports = {"audit": [registry.report_artifact(p) for p in (report.json_path, report.html_path)],
+               "evaluation": [registry.report_artifact(p) for p in evaluation.artifacts]}
+    record = lineage.build_record(config, code, data_version, trained.precision, parent, runtime.flow_run.id,
+                                  reports)
+    tags = {"git_commit": str(code), "params_hash": config.params_hash(),
             "base_model": config.model.base, "method": config.train.method, "audit": "passed",
             **data_version.as_tags()}
+    texts = {lineage.PARAMS_ARTIFACT: yaml.safe_dump(config.as_dict(), sort_keys=False),
+             lineage.DVC_LOCK_ARTIFACT: (config.project_dir / "dvc.lock").read_text(encoding="utf-8")}
     candidate = registry.Candidate(model_dir=trained.model_dir, params=config.as_dict(),
                                    metrics={**trained.as_metrics(), **evaluation.metrics}, tags=tags,
-                                   artifacts=[report.json_path, report.html_path, *evaluation.artifacts])
+                                   artifacts=[report.json_path, report.html_path, *evaluation.artifacts],
+                                   lineage=record, lineage_texts=texts)
     return registry.register_candidate(config, candidate)
 
 
@@ -130,17 +139,43 @@ def promote_task(config: Config, version: registry.RegisteredVersion, data_versi
     return result
 
 
+@task(name="model card", cache_policy=NO_CACHE)
+def card_task(config: Config, version: registry.RegisteredVersion, data_version: DataVersion,
+              evaluation: EvaluationReport, report: audit.AuditReport, decision: dict) -> None:
+    paths = split_paths(config)
+    rows = {name: len(read_split(path)) for name, path in
+            (("train", paths.train), ("validation", paths.validation), ("test", paths.test))}
+    record = registry.read_lineage(config, registry.version_uri(version))[1]
+    card = model_card.build_card(config, model_card.CardInputs(
+        version=registry.version_uri(version), lineage=record, data_version=data_version.version,
+        split_rows=rows, metrics=version.metrics, evaluation=evaluation.details, audit=audit_report.as_json(report),
+        decision=decision))
+    registry.attach_model_card(config, version, str(card))
+
+
+def start_from_parent(config: Config) -> tuple[Config, str | None]:
+    """A warm start (model.base: models:/NAME/VERSION or @ALIAS): the config the steps run with, its base
+    the parent's downloaded model, and the parent's URI with its number, for the lineage."""
+    if not lineage.is_registry_uri(config.model.base):
+        return config, None
+    model_dir, parent = registry.resolve_parent(config, config.model.base)
+    return config.model_copy(update={"model": config.model.model_copy(update={"base": str(model_dir)})}), parent
+
+
 @flow(name="retrain")
 def retrain(project_dir: str = ".", overrides: list[str] | None = None) -> RetrainSummary:
     config = load_config(Path(project_dir), overrides or [])
     check_supported(config.train)   # e.g. qlora without a GPU: stop before any work
-    preflight_task(config)          # disk, folders, base model, tracking store, DVC remote
-    report = audit_task(config)
-    data_version = split_task(config)
-    trained = train_task.with_options(retries=config.train.retries)(config, data_version)
-    evaluation = evaluate_task(config, trained)
-    version = register_task(config, data_version, trained, evaluation, report)
-    promoted = promote_task(config, version, data_version, evaluation)
+    code = lineage.git_state(config.project_dir)
+    work_config, parent = start_from_parent(config)
+    preflight_task(work_config)     # disk, folders, base model, tracking store, DVC remote
+    report = audit_task(work_config)
+    data_version = split_task(work_config)
+    trained = train_task.with_options(retries=config.train.retries)(work_config, data_version)
+    evaluation = evaluate_task(work_config, trained)
+    version = register_task(config, code, data_version, trained, evaluation, report, parent)
+    promoted = promote_task(work_config, version, data_version, evaluation)
+    card_task(config, version, data_version, evaluation, report, promoted.as_record())
     return RetrainSummary(data_version.version, evaluation.metrics, evaluation.path, version.name, version.version,
                           promoted.alias, promoted.decision.summary, report.summary,
                           [check.headline for check in report.failures], promoted.as_record())

@@ -301,6 +301,11 @@ class PreflightConfig(Section):
     store_timeout_s: Positive     # how long to wait for the tracking store to answer
 
 
+class ReproduceConfig(Section):
+    tolerance: NonNegative    # largest |original - reproduced| of a metric that still counts as reproduced
+    work_dir: str             # scratch checkouts: <work_dir>/<model name>-<version>
+
+
 class Config(Section):
     data: DataConfig
     split: SplitConfig
@@ -311,6 +316,7 @@ class Config(Section):
     gates: GatesConfig
     registry: RegistryConfig
     preflight: PreflightConfig
+    reproduce: ReproduceConfig
     # The folder holding params.yaml; relative paths in the config resolve against it. Not a parameter.
     project_dir: Path = Field(default=Path("."), exclude=True)
 

@@ -21,6 +21,10 @@ class ModelError(TunegateError):
     """A model cannot be found, loaded or trained as configured."""
 
 
+class ReproduceError(TunegateError):
+    """A recorded version cannot be rebuilt: its commit, data version or params cannot be had."""
+
+
 class EnvironmentProblem(TunegateError):
     """Something around the run is missing or broken: a full disk, an unwritable folder, an unreachable store."""
 

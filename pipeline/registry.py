@@ -17,6 +17,7 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from pipeline import lineage
 from pipeline.config import Config
 from pipeline.errors import EnvironmentProblem, ModelError, PromotionError
 from pipeline.redaction import redact, redact_values
@@ -24,6 +25,8 @@ from pipeline.redaction import redact, redact_values
 CHAMPION, CHALLENGER = "champion", "challenger"
 LOCK_SUFFIX = "-promotion-lock"      # <model_name><suffix>: the registered model whose existence is the lock
 HISTORY_SUFFIX = "-aliases"          # <experiment><suffix>: one run per alias move
+REPORTS_DIR = "reports"   # the audit and evaluation reports and the model card, in each run's artifacts
+MODEL_CARD_ARTIFACT = f"{REPORTS_DIR}/README.md"
 MODEL_ARTIFACT = "model"   # the transformers directory inside the logged pyfunc model's artifacts
 PIPELINE_PACKAGE = Path(__file__).parent
 # What the logged model needs to load and predict; inferring it fails (it imports torchvision).
@@ -38,6 +41,8 @@ class Candidate:
     metrics: dict[str, float]
     tags: dict[str, str]
     artifacts: list[Path]
+    lineage: dict[str, Any] = field(default_factory=dict)   # pipeline.lineage.build_record's
+    lineage_texts: dict[str, str] = field(default_factory=dict)   # artifact path -> text (params.yaml, dvc.lock)
 
 
 @dataclass(frozen=True)
@@ -168,12 +173,17 @@ def register_candidate(config: Config, candidate: Candidate) -> RegisteredVersio
     """One MLflow run with params, metrics, lineage tags and reports; its model becomes a new registered version."""
     client = connect(config)
     candidate = dataclasses.replace(candidate, params=redact_values(candidate.params), tags=redact_values(candidate.tags))
+    tags = {**candidate.tags, **lineage.as_tags(candidate.lineage)}
     with mlflow.start_run(run_name=f"{config.train.method}-{candidate.tags.get('params_hash', '')}") as run:
         mlflow.log_params(flatten(candidate.params))
         mlflow.log_metrics(candidate.metrics)
-        mlflow.set_tags(candidate.tags)
+        mlflow.set_tags(tags)
         for artifact in candidate.artifacts:
-            mlflow.log_artifact(str(artifact), artifact_path="reports")
+            mlflow.log_artifact(str(artifact), artifact_path=REPORTS_DIR)
+        if candidate.lineage:
+            mlflow.log_dict(candidate.lineage, lineage.RECORD_ARTIFACT)
+        for path, text in candidate.lineage_texts.items():
+            mlflow.log_text(text, path)
         example = ["a gripping, beautifully acted film", "dull and far too long"]
         info = mlflow.pyfunc.log_model(
             name="model",
@@ -184,7 +194,7 @@ def register_candidate(config: Config, candidate: Candidate) -> RegisteredVersio
             input_example=example,
             pip_requirements=SERVING_REQUIREMENTS + _base_model_requirements(candidate.model_dir),
         )
-        version = mlflow.register_model(info.model_uri, config.registry.model_name, tags=candidate.tags)
+        version = mlflow.register_model(info.model_uri, config.registry.model_name, tags=tags)
     client.update_model_version(version.name, version.version, description=_describe(candidate))
     return RegisteredVersion(version.name, str(version.version), run.info.run_id, candidate.metrics,
                              dict(candidate.tags))
@@ -406,3 +416,67 @@ def download_classifier(config: Config, model_uri: str) -> Path:
         raise ModelError(f"Cannot fetch {model_uri} from the registry at {tracking_uri(config)}: {exc.message} "
                          f"`tunegate models` lists the registered versions.") from exc
     return Path(path)
+
+
+def report_artifact(path: Path) -> str:
+    """Where register_candidate logs a report file, relative to the run's artifact root."""
+    return f"{REPORTS_DIR}/{path.name}"
+
+
+def version_uri(version: RegisteredVersion) -> str:
+    return f"models:/{version.name}/{version.version}"
+
+
+def resolve_parent(config: Config, model_uri: str) -> tuple[Path, str]:
+    """A warm start's parent: its transformers directory and its URI with the version number
+    (an alias moves; the lineage must name the version it started from)."""
+    from pipeline.modeling import ADAPTER_CONFIG
+
+    uri = version_uri(find_version(config, model_uri))
+    model_dir = download_classifier(config, uri)
+    if (model_dir / ADAPTER_CONFIG).is_file():
+        raise ModelError(f"{uri} holds an adapter that is not merged into its base; a warm start needs a whole "
+                         f"model (train.method full, freeze, lora or dora): set model.base to one of those.")
+    return model_dir, uri
+
+
+def read_lineage(config: Config, model_uri: str) -> tuple[str, dict[str, Any]]:
+    """A version's URI with its number, and its lineage record."""
+    version = find_version(config, model_uri)
+    try:
+        record = mlflow.artifacts.load_dict(f"runs:/{version.run_id}/{lineage.RECORD_ARTIFACT}")
+    except (MlflowException, OSError) as exc:
+        raise ModelError(f"{version_uri(version)} has no lineage record ({lineage.RECORD_ARTIFACT} in run "
+                         f"{version.run_id}): it was registered before tunegate recorded lineage, or its "
+                         f"artifacts are gone.") from exc
+    return version_uri(version), record
+
+
+def lineage_chain(config: Config, model_uri: str) -> list[tuple[str, dict[str, Any]]]:
+    """A version's lineage, then its parent's, and so on back to the one trained from a base model."""
+    chain = [read_lineage(config, model_uri)]
+    while (parent := lineage.parent_of(chain[-1][1])) is not None:
+        if any(uri == parent for uri, _ in chain):
+            raise ModelError(f"The lineage of {model_uri} loops back to {parent}.")
+        chain.append(read_lineage(config, parent))
+    return chain
+
+
+def read_run_text(config: Config, run_id: str, artifact_path: str) -> str:
+    connect(config)
+    try:
+        return mlflow.artifacts.load_text(f"runs:/{run_id}/{artifact_path}")
+    except (MlflowException, OSError) as exc:
+        raise ModelError(f"Run {run_id} has no artifact {artifact_path}: its artifacts are gone, or it was "
+                         f"registered before tunegate logged it.") from exc
+
+
+def run_metrics(config: Config, run_id: str) -> dict[str, float]:
+    return connect(config).get_run(run_id).data.metrics
+
+
+def attach_model_card(config: Config, version: RegisteredVersion, card: str) -> None:
+    """The card beside the version's reports, and as its description (what the MLflow UI shows)."""
+    client = connect(config)
+    client.log_text(version.run_id, card, MODEL_CARD_ARTIFACT)
+    client.update_model_version(version.name, version.version, description=card)

@@ -1,6 +1,7 @@
 """DVC: the one module that reproduces the data stages and reads the data version from dvc.lock."""
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import sys
@@ -22,9 +23,14 @@ SPLIT_STAGE = "split"
 class DataVersion:
     version: str                 # md5 of the split files' folder, as dvc.lock records it
     md5s: dict[str, str]         # path -> md5, deps and outs, as dvc.lock records them
+    input_files: dict[str, str]  # each file of the split stage's deps (raw data, split code) -> md5
+    split_files: dict[str, str]  # each file of its outs (the splits) -> md5
 
     def as_tags(self) -> dict[str, str]:
         return {"data_version": self.version, **{f"data_md5.{path}": md5 for path, md5 in self.md5s.items()}}
+
+    def as_record(self) -> dict[str, object]:
+        return {"version": self.version, "inputs": self.input_files, "splits": self.split_files}
 
 
 @contextmanager
@@ -91,4 +97,43 @@ def read_data_version(project_dir: Path) -> DataVersion:
     except (OSError, KeyError, TypeError) as exc:
         raise DataError(f"{lock_path} has no '{SPLIT_STAGE}' stage: run `dvc repro {SPLIT_STAGE}` first.") from exc
     md5s = {entry["path"]: entry["md5"] for key in ("deps", "outs") for entry in stage.get(key, [])}
-    return DataVersion(version=stage["outs"][0]["md5"], md5s=md5s)
+    return DataVersion(version=stage["outs"][0]["md5"], md5s=md5s,
+                       input_files=_file_md5s(project_dir, [e["path"] for e in stage.get("deps", [])]),
+                       split_files=_file_md5s(project_dir, [e["path"] for e in stage["outs"]]))
+
+
+def _file_md5s(project_dir: Path, paths: list[str]) -> dict[str, str]:
+    """md5 of each file under these dvc.lock paths: what DVC's `hash: md5` gives a file (its bytes' md5),
+    listed in its .dir manifests for a folder."""
+    files = sorted(f for p in paths for f in ([project_dir / p] if (project_dir / p).is_file()
+                                              else (project_dir / p).rglob("*")) if f.is_file())
+    return {str(f.relative_to(project_dir)): hashlib.md5(f.read_bytes()).hexdigest() for f in files}
+
+
+def default_remote_url(project_dir: Path) -> str:
+    """The URL of the project's default DVC remote, a relative local path made absolute."""
+    with Repo(str(project_dir)) as repo:
+        name = repo.config["core"].get("remote")
+        if not name:
+            raise DataError(f"{project_dir} has no default DVC remote, so no data version can be pulled: "
+                            f"`dvc remote add -d NAME URL`, then re-run the flow (it pushes the splits).")
+        # DVC's config resolves a local remote's relative path against the config file's folder.
+        return repo.config["remote"][name]["url"]
+
+
+def checkout_data_version(checkout_dir: Path, remote_url: str, version: str) -> DataVersion:
+    """Pull the splits dvc.lock records in checkout_dir from remote_url, and check they are `version`."""
+    try:
+        with _in_project(checkout_dir), Repo(str(checkout_dir)) as repo:
+            name = repo.config["core"].get("remote") or "origin"
+            with repo.config.edit("local") as local:
+                local.setdefault("core", {})["remote"] = name
+                local.setdefault("remote", {})[name] = {"url": remote_url}
+            repo.pull(targets=[SPLIT_STAGE])
+    except DvcException as exc:
+        raise DataError(f"Data version {version} cannot be pulled from the DVC remote {remote_url}: {exc}. "
+                        f"Push it from the checkout that made it (`dvc push`).") from exc
+    pulled = read_data_version(checkout_dir)
+    if pulled.version != version:
+        raise DataError(f"The recorded dvc.lock names data version {pulled.version}, not {version}.")
+    return pulled
