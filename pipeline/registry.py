@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import socket
 import time
 import uuid
 from contextlib import contextmanager
@@ -289,6 +290,20 @@ def _lock_holder(client: MlflowClient, name: str):
         return None   # released meanwhile
 
 
+def _holder_died(tags: dict[str, str]) -> bool:
+    """A holder on this machine whose process is gone (killed mid-promotion) left its lock behind: no need to wait
+    for the lease. A holder on another machine cannot be checked from here; its lease decides."""
+    if tags.get("host") != socket.gethostname() or not tags.get("pid", "").isdigit():
+        return False
+    try:
+        os.kill(int(tags["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:   # alive, another user's
+        return False
+    return False
+
+
 @contextmanager
 def promotion_lock(config: Config, holder: str) -> Iterator[PromotionLock]:
     """Hold the promotion lock of params.yaml's model while the block runs; wait for it at most gates.lock.wait_s.
@@ -303,14 +318,16 @@ def promotion_lock(config: Config, holder: str) -> Iterator[PromotionLock]:
     deadline = time.monotonic() + settings.wait_s
     while True:
         try:
-            client.create_registered_model(lock.name, tags={"token": lock.token, "holder": holder},
+            client.create_registered_model(lock.name, tags={"token": lock.token, "holder": holder,
+                                                             "host": socket.gethostname(), "pid": str(os.getpid())},
                                            description="tunegate's promotion lock: exists while a promotion runs")
             break
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
         held = _lock_holder(client, lock.name)
-        if held is not None and time.time() - held.creation_timestamp / 1000 > settings.lease_s:
+        if held is not None and (_holder_died(held.tags)
+                                 or time.time() - held.creation_timestamp / 1000 > settings.lease_s):
             # Its holder crashed: remove it and try again. Two waiters doing this at once may both think
             # they hold it; move_alias checks the token, so the one whose lock was removed moves nothing.
             try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -194,3 +195,13 @@ def test_a_held_lock_makes_a_promotion_wait_and_a_stale_one_is_taken_over(promot
     with registry.promotion_lock(expired, "tests") as lock:
         assert client.get_registered_model(lock.name).tags["holder"] == "tests"
     assert client.search_registered_models(f"name = '{MODEL}{registry.LOCK_SUFFIX}'") == []
+
+
+def test_a_lock_left_by_a_killed_process_on_this_machine_is_taken_over_at_once(promoted):
+    config = load_config(promoted[0].project_dir, ["gates.lock.wait_s=5", "gates.lock.poll_s=0.1"])
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    client = registry.connect(config)
+    client.create_registered_model(f"{MODEL}{registry.LOCK_SUFFIX}", tags={
+        "token": "x", "holder": "killed run", "host": socket.gethostname(), "pid": dead.stdout.strip()})
+    with registry.promotion_lock(config, "tests") as lock:   # lease_s is 600: only the dead pid lets it through
+        assert client.get_registered_model(lock.name).tags["holder"] == "tests"
