@@ -51,7 +51,7 @@ def _models(project_dir: Path) -> str:
 
 def _evaluate(project_dir: Path, model_uri: str) -> str:
     from pipeline import registry
-    from pipeline.evaluation import evaluate_model
+    from pipeline.tasks import evaluate_model
     from pipeline.split import read_split, split_paths
 
     config = load_config(project_dir)

@@ -13,11 +13,12 @@ from prefect.cache_policies import NO_CACHE
 
 from pipeline import audit, gates, registry
 from pipeline.config import Config, load_config
-from pipeline.evaluation import EvaluationReport, evaluate_model
+from pipeline.evaluation import EvaluationReport
 from pipeline.errors import TunegateError
 from pipeline.lineage import git_commit
 from pipeline.methods import check_supported
 from pipeline.split import read_split, split_paths
+from pipeline.tasks import evaluate_model
 from pipeline.training import TrainResult, train_model
 from pipeline.versioning import DataVersion, reproduce_splits
 

@@ -27,6 +27,8 @@ Severity = Literal["error", "warning"]
 SCHEDULERS = ("linear", "cosine", "constant_with_warmup")   # transformers SchedulerType names
 UNFREEZE_UNITS = ("steps", "epochs")
 QUANT_TYPES = ("nf4", "fp4")
+# task.type -> a TaskType in pipeline/tasks/ (TASK_TYPES); this tuple is what params.yaml may name.
+TASK_TYPE_NAMES = ("classification", "causal_lm")
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,33 @@ class AuditConfig:
 class ModelConfig:
     base: str
     max_length: int
+    cache_dir: str      # bundled GGUF models, converted once to safetensors directories, by the file's hash
+
+
+@dataclass(frozen=True)
+class PairBenchmark:
+    """A file of sentence pairs scored by a causal LM, and how much of it a run scores."""
+    path: str
+    pairs: int | None   # a stratified subset of this many pairs (null: all of them)
+
+
+@dataclass(frozen=True)
+class CausalLmConfig:
+    """task.type causal_lm: instructions from a labelled table, and the LM's own evaluation suites."""
+    system_prompt: str | None
+    prompt_template: str            # {text} is replaced by the row's text; the response is its label's name
+    max_new_tokens: int             # generated per prompt when evaluating (the label word and a little more)
+    eval_rows: int | None           # test rows evaluated (stratified; null: all)
+    validation_rows: int | None     # validation rows scored during training (stratified; null: all)
+    blimp: PairBenchmark | None     # general knowledge: forgetting_blimp = base - candidate accuracy
+    crows_pairs: PairBenchmark | None   # bias: crows_pairs_gap = |stereotype share - 0.5|
+    defaults: dict[str, Any]        # `section.key: value` set when task.type is causal_lm; -S overrides win
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    type: str
+    causal_lm: CausalLmConfig
 
 
 @dataclass(frozen=True)
@@ -254,6 +283,7 @@ class RegistryConfig:
 
 @dataclass(frozen=True)
 class Config:
+    task: TaskConfig
     data: DataConfig
     split: SplitConfig
     audit: AuditConfig
@@ -296,9 +326,21 @@ def load_config(project_dir: str | Path = ".", overrides: list[str] | tuple[str,
         raise ConfigError(f"{params_path} is not valid YAML: {exc}") from exc
     for override in overrides:
         apply_override(raw, override)
+    apply_task_defaults(raw)
+    for override in overrides:   # again: the user's overrides win over the task type's defaults
+        apply_override(raw, override)
     config = _build(Config, {**raw, "project_dir": project_dir}, "")
     _validate(config)
     return config
+
+
+def apply_task_defaults(raw: dict[str, Any]) -> None:
+    """The chosen task type's `defaults` (its base model, gates, learning rates...) over params.yaml's values."""
+    task = raw.get("task")
+    if not isinstance(task, dict) or not isinstance(task.get(task.get("type")), dict):
+        return   # no type, or one without a section of its own (classification): nothing to apply
+    for key, value in (task[task["type"]].get("defaults") or {}).items():
+        apply_override(raw, f"{key}={json.dumps(value)}")
 
 
 def apply_override(raw: dict[str, Any], override: str) -> None:
@@ -389,6 +431,12 @@ def _join(where: str, name: str) -> str:
 
 def _validate(config: Config) -> None:
     checks = [
+        (config.task.type in TASK_TYPE_NAMES,
+         f"task.type must be one of {', '.join(TASK_TYPE_NAMES)}, got {config.task.type!r}."),
+        ("{text}" in config.task.causal_lm.prompt_template,
+         f"task.causal_lm.prompt_template must contain {{text}}, got {config.task.causal_lm.prompt_template!r}."),
+        (config.task.causal_lm.max_new_tokens > 0,
+         f"task.causal_lm.max_new_tokens must be positive, got {config.task.causal_lm.max_new_tokens}."),
         *_train_checks(config.train),
         (0 < config.split.validation_fraction < 1, f"split.validation_fraction must be in (0, 1), got {config.split.validation_fraction}."),
         (0 < config.split.test_fraction < 1, f"split.test_fraction must be in (0, 1), got {config.split.test_fraction}."),

@@ -71,6 +71,43 @@ class TextClassifier(mlflow.pyfunc.PythonModel):
         return pd.DataFrame({"label": [names[int(i)] for i in best], "score": probs.max(axis=1)})
 
 
+class TextGenerator(mlflow.pyfunc.PythonModel):
+    """pyfunc wrapper of a causal LM: prompts in (each the user's turn of a chat, after the system prompt it
+    was trained with), the generated answers out."""
+
+    def load_context(self, context) -> None:
+        from pipeline.modeling import load_causal_lm, load_tokenizer
+        from pipeline.tasks.causal_lm import ensure_pad_token
+
+        model_dir = Path(context.artifacts[MODEL_ARTIFACT])
+        self.model = load_causal_lm(model_dir)
+        self.tokenizer = ensure_pad_token(load_tokenizer(model_dir))
+        self.system_prompt = context.model_config.get("system_prompt")
+        self.max_new_tokens = int(context.model_config.get("max_new_tokens", 32))
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        from pipeline.tasks.causal_lm import chat, generate, prompt_ids
+
+        conversations = [chat(self.system_prompt, str(prompt)) for prompt in model_input.iloc[:, 0]]
+        answers = generate(self.model, self.tokenizer, prompt_ids(self.tokenizer, conversations), self.max_new_tokens,
+                           batch_size=16)
+        return pd.DataFrame({"response": answers})
+
+
+# task.type -> the pyfunc that serves its models
+PYFUNCS: dict[str, type[mlflow.pyfunc.PythonModel]] = {"classification": TextClassifier, "causal_lm": TextGenerator}
+EXAMPLE_TEXTS = ["a gripping, beautifully acted film", "dull and far too long"]
+
+
+def serving_config(config: Config) -> tuple[list[str], dict[str, Any]]:
+    """The logged model's input example and model_config: raw texts for a classifier, prompts for an LM."""
+    settings = config.task.causal_lm
+    if config.task.type == "causal_lm":
+        return ([settings.prompt_template.format(text=text) for text in EXAMPLE_TEXTS],
+                {"system_prompt": settings.system_prompt, "max_new_tokens": settings.max_new_tokens})
+    return EXAMPLE_TEXTS, {"max_length": config.model.max_length}
+
+
 def tracking_uri(config: Config) -> str:
     """MLFLOW_TRACKING_URI if set, else params.yaml's, with a relative sqlite path made absolute."""
     uri = os.environ.get("MLFLOW_TRACKING_URI") or config.registry.tracking_uri
@@ -121,13 +158,13 @@ def register_candidate(config: Config, candidate: Candidate) -> RegisteredVersio
         mlflow.set_tags(candidate.tags)
         for artifact in candidate.artifacts:
             mlflow.log_artifact(str(artifact), artifact_path="reports")
-        example = ["a gripping, beautifully acted film", "dull and far too long"]
+        example, model_config = serving_config(config)
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=TextClassifier(),
+            python_model=PYFUNCS[config.task.type](),
             artifacts={MODEL_ARTIFACT: str(candidate.model_dir)},
             code_paths=[str(PIPELINE_PACKAGE)],
-            model_config={"max_length": config.model.max_length},
+            model_config=model_config,
             input_example=example,
             pip_requirements=SERVING_REQUIREMENTS + base_model_requirements(candidate.model_dir),
         )
