@@ -1,6 +1,6 @@
 """The causal LM (SmolLM2-135M-Instruct) on SST-2 as instructions: the base model, LoRA and full fine-tuning.
 
-    python -m benchmarks.causal_lm [--rows 800] [--eval-rows 400] [--blimp-pairs 670] [--crows-pairs 300]
+    python -m benchmarks.causal_lm [--rows 400] [--eval-rows 200] [--blimp-pairs 670] [--crows-pairs 300]
 
 Each model runs in its own process (so that its peak memory is its own): trained with `train_model` on
 the same stratified sample of SST-2 train (one epoch), evaluated with the causal LM's `evaluate_model`:
@@ -59,8 +59,8 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=800, help="training rows (stratified sample of SST-2 train)")
-    parser.add_argument("--eval-rows", type=int, default=400, help="test rows (stratified; 0: all 1,821)")
+    parser.add_argument("--rows", type=int, default=400, help="training rows (stratified sample of SST-2 train)")
+    parser.add_argument("--eval-rows", type=int, default=200, help="test rows (stratified; 0: all 1,821)")
     parser.add_argument("--blimp-pairs", type=int, default=670, help="BLiMP pairs (stratified; 0: all 6,700)")
     parser.add_argument("--crows-pairs", type=int, default=300, help="CrowS-Pairs pairs (stratified; 0: all 1,508)")
     parser.add_argument("--only", choices=list(RUNS), help=argparse.SUPPRESS)   # one model, in this process
@@ -73,7 +73,7 @@ def main() -> None:
         command = [sys.executable, "-m", "benchmarks.causal_lm", "--only", name, "--rows", str(args.rows),
                    "--eval-rows", str(args.eval_rows), "--blimp-pairs", str(args.blimp_pairs),
                    "--crows-pairs", str(args.crows_pairs)]
-        done = subprocess.run(command, check=True, capture_output=True, text=True)
+        done = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True)   # its progress to stderr
         results[name] = json.loads(done.stdout.strip().splitlines()[-1])
         print(f"{name}: done", file=sys.stderr)
     results["settings"] = vars(args) | {"only": None}

@@ -3,6 +3,7 @@ prompt masking against a hand-built example, the log-probability scorer on a han
 and CrowS-Pairs scoring, a few training steps of every method, evaluation, and the pyfunc round trip."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -165,16 +166,22 @@ def test_benchmark_files_are_read_as_stratified_subsets():
 
 # --- data -------------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("line, message", [
-    ('{"messages": [{"role": "user", "content": "hi"}', "line 2 is not valid JSON"),
-    ('{"prompt": "hi"}', "line 2 has neither"),
-])
-def test_bad_instruction_lines_stop_the_audit_with_the_file_and_line(tokenizer, tmp_path, line, message):
-    good = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]})
-    data = tmp_path / "chat.jsonl"
-    data.write_text(f"{good}\n{line}\n")
-    with pytest.raises(DataError, match=rf"{data}: {message}"):
-        causal_lm.read_instructions(data)
+def write_sst2(directory: Path, name: str, rows: int) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    sst2_rows(name, rows).rename(columns={TEXT: "sentence", LABEL: "label"}).to_csv(directory / f"{name}.tsv",
+                                                                                    sep="\t", index=False)
+
+
+def test_a_malformed_json_lines_file_stops_the_audit_with_the_file_and_line(tiny_dir, tmp_path):
+    config = lm_config(tmp_path, tiny_dir)
+    raw = tmp_path / "data/raw/sst2"
+    for name in ("dev", "test"):
+        write_sst2(raw, name, 40)
+    train = raw / "train.jsonl"
+    train.write_text('{"sentence": "a fine film", "label": 1}\n{"sentence": "dull", "label": 0\n')
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, train=str(train)))
+    with pytest.raises(DataError, match=rf"{train}: line 2 is not valid JSON"):
+        audit_raw_data(config)
 
 
 # --- training, evaluation, registry -----------------------------------------------------------------------------
@@ -235,10 +242,8 @@ def test_the_registered_pyfunc_generates_text_from_prompts(trained_methods, tmp_
 
 def test_the_audit_counts_tokens_of_the_rendered_prompts(tiny_dir, tmp_path):
     config = lm_config(tmp_path, tiny_dir, **{"model.max_length": 40})
-    (tmp_path / "data/raw/sst2").mkdir(parents=True)
-    for name, rows in (("train", 60), ("dev", 20), ("test", 20)):
-        sst2_rows(name, rows).rename(columns={TEXT: "sentence", LABEL: "label"}).to_csv(
-            tmp_path / f"data/raw/sst2/{name}.tsv", sep="\t", index=False)
+    for name in ("train", "dev", "test"):
+        write_sst2(tmp_path / "data/raw/sst2", name, 40)
     report = audit_raw_data(config)
     truncated = next(c for c in report.files[0].checks if c.check == "truncated")
     # the chat prompt alone is ~35 tokens: most rows go over 40 once rendered

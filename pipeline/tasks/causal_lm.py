@@ -25,7 +25,7 @@ from pipeline import general, lm_scoring, model_bias
 from pipeline.config import CausalLmConfig, Config, QloraConfig
 from pipeline.evaluation import EvaluationReport, compute_metrics, group_suite
 from pipeline.evaluation_report import write_report
-from pipeline.modeling import base_model_dir, load_causal_lm, load_tokenizer, weights_sha256
+from pipeline.modeling import ADAPTER_CONFIG, base_model_dir, load_causal_lm, load_tokenizer, weights_sha256
 from pipeline.split import LABEL, TEXT
 from pipeline.tasks.task import TaskType
 
@@ -213,10 +213,13 @@ def evaluate(config: Config, model_dir: Path, test_frame: pd.DataFrame, report_d
     groups = group_suite(config, frame, probs)
     metrics |= model_bias.group_summary_metrics(groups)
     lap("score_labels")
-    candidate = pair_suites(config, model, tokenizer)
-    lap("pairs")
     base = base_pair_suites(config)
     lap("pairs_base")
+    # the base model itself (a benchmark's reference row) is scored once
+    is_base = (not (model_dir / ADAPTER_CONFIG).is_file()
+               and weights_sha256(model_dir) == weights_sha256(base_model_dir(config)))
+    candidate = base if is_base else pair_suites(config, model, tokenizer)
+    lap("pairs")
     metrics |= pair_metrics(candidate, base)
     details: dict[str, Any] = {
         "model": str(model_dir), "base_model": config.model.base,
