@@ -70,7 +70,7 @@ def lm_config(project_dir: Path, model_dir: Path, **overrides: object) -> Config
     params["task"]["type"] = "causal_lm"
     project_dir.mkdir(parents=True, exist_ok=True)
     (project_dir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    settings = {"model.base": str(model_dir), "model.max_length": 96, "train.epochs": 1, "train.batch_size": 8,
+    settings = {"model.base": str(model_dir), "model.max_length": 96, "train.layers.freeze_lowest": 1, "train.epochs": 1, "train.batch_size": 8,
                 "train.eval_steps": 4, "train.save_steps": 4, "train.logging_steps": 4, "train.precision": "fp32",
                 "task.causal_lm.eval_rows": 16, "task.causal_lm.validation_rows": 8,
                 "task.causal_lm.blimp": {"path": str(REPO / "data/raw/blimp/blimp-100.jsonl"), "pairs": 67},
