@@ -21,6 +21,7 @@ from pathlib import Path
 import pipeline  # noqa: F401  (offline, quiet)
 
 RESULTS = Path(__file__).parent / "results" / "causal_lm.json"
+OUT = Path.cwd() / "outputs" / "benchmarks" / "causal_lm"
 RUNS = {"base": None, "lora": ["train.method=lora"], "full": ["train.method=full"]}
 SHOWN = ["test_accuracy", "test_scored_accuracy", "general_blimp_accuracy", "forgetting_blimp", "crows_pairs_score",
          "crows_pairs_gap"]
@@ -40,7 +41,7 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
     config = load_config(Path.cwd(), overrides)
     config = dataclasses.replace(config, split=dataclasses.replace(config.split, max_train_rows=args.rows))
     splits = make_splits(config)
-    out = Path.cwd() / "outputs" / "benchmarks" / "causal_lm" / name
+    out = OUT / name
     train: dict = {}
     if RUNS[name] is None:
         model_dir = base_model_dir(config)
@@ -66,7 +67,10 @@ def main() -> None:
     parser.add_argument("--only", choices=list(RUNS), help=argparse.SUPPRESS)   # one model, in this process
     args = parser.parse_args()
     if args.only:
-        print(json.dumps(run_one(args.only, args)))
+        result = json.dumps(run_one(args.only, args))
+        # also on disk: a long benchmark's finished runs survive an interrupted parent
+        (OUT / args.only / "result.json").write_text(result, encoding="utf-8")
+        print(result)
         return
     results = {}
     for name in RUNS:
