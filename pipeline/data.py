@@ -24,10 +24,8 @@ def _decode(path: Path, raw: bytes) -> str:
                         f"({exc.reason}). Re-save the file as UTF-8.") from exc
 
 
-def json_lines(path: Path, text: str | None = None) -> list[tuple[int, dict]]:
-    """(line number, object) for each line of a JSON Lines file; blank lines are skipped, a bad line stops
-    with its number."""
-    text = _decode(path, path.read_bytes()) if text is None else text
+def _read_json_lines(path: Path, text: str) -> pd.DataFrame:
+    """One JSON object per line; blank lines are skipped, a bad line stops with its number."""
     records = []
     for number, line in enumerate(text.split("\n"), start=1):   # not splitlines: JSON strings may hold U+2028
         if not line.strip():
@@ -40,12 +38,8 @@ def json_lines(path: Path, text: str | None = None) -> list[tuple[int, dict]]:
         if not isinstance(record, dict):
             raise DataError(f"{path}: line {number} is a JSON {type(record).__name__}, not an object with the "
                             f"text and label fields.")
-        records.append((number, record))
-    return records
-
-
-def _read_json_lines(path: Path, text: str) -> pd.DataFrame:
-    return pd.DataFrame.from_records([record for _, record in json_lines(path, text)])
+        records.append(record)
+    return pd.DataFrame.from_records(records)
 
 
 def read_table(path: str | Path) -> pd.DataFrame:

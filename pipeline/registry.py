@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import mlflow
 import pandas as pd
@@ -94,18 +94,23 @@ class TextGenerator(mlflow.pyfunc.PythonModel):
         return pd.DataFrame({"response": answers})
 
 
-# task.type -> the pyfunc that serves its models
-PYFUNCS: dict[str, type[mlflow.pyfunc.PythonModel]] = {"classification": TextClassifier, "causal_lm": TextGenerator}
 EXAMPLE_TEXTS = ["a gripping, beautifully acted film", "dull and far too long"]
 
 
-def serving_config(config: Config) -> tuple[list[str], dict[str, Any]]:
-    """The logged model's input example and model_config: raw texts for a classifier, prompts for an LM."""
-    settings = config.task.causal_lm
-    if config.task.type == "causal_lm":
-        return ([settings.prompt_template.format(text=text) for text in EXAMPLE_TEXTS],
-                {"system_prompt": settings.system_prompt, "max_new_tokens": settings.max_new_tokens})
+def _classifier_serving(config: Config) -> tuple[list[str], dict[str, Any]]:
     return EXAMPLE_TEXTS, {"max_length": config.model.max_length}
+
+
+def _generator_serving(config: Config) -> tuple[list[str], dict[str, Any]]:
+    settings = config.task.causal_lm
+    return ([settings.prompt_template.format(text=text) for text in EXAMPLE_TEXTS],
+            {"system_prompt": settings.system_prompt, "max_new_tokens": settings.max_new_tokens})
+
+
+# task.type -> the pyfunc that serves its models, and its (input example, model_config) from params.yaml:
+# raw texts for a classifier, prompts made by the template for an LM
+PYFUNCS: dict[str, tuple[type[mlflow.pyfunc.PythonModel], Callable[[Config], tuple[list[str], dict[str, Any]]]]] = {
+    "classification": (TextClassifier, _classifier_serving), "causal_lm": (TextGenerator, _generator_serving)}
 
 
 def tracking_uri(config: Config) -> str:
@@ -158,10 +163,11 @@ def register_candidate(config: Config, candidate: Candidate) -> RegisteredVersio
         mlflow.set_tags(candidate.tags)
         for artifact in candidate.artifacts:
             mlflow.log_artifact(str(artifact), artifact_path="reports")
-        example, model_config = serving_config(config)
+        pyfunc, serving = PYFUNCS[config.task.type]
+        example, model_config = serving(config)
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=PYFUNCS[config.task.type](),
+            python_model=pyfunc(),
             artifacts={MODEL_ARTIFACT: str(candidate.model_dir)},
             code_paths=[str(PIPELINE_PACKAGE)],
             model_config=model_config,
