@@ -88,11 +88,11 @@ def _moved(move) -> str:
 
 def _evaluate(project_dir: Path, model_uri: str) -> str:
     from pipeline import registry
-    from pipeline.evaluation import evaluate_model
+    from pipeline.tasks import evaluate_model
     from pipeline.split import read_split, split_paths
 
     config = load_config(project_dir)
-    model_dir = registry.download_classifier(config, model_uri) if model_uri.startswith("models:/") else Path(model_uri)
+    model_dir = registry.download_model(config, model_uri) if model_uri.startswith("models:/") else Path(model_uri)
     test = split_paths(config).test
     if not test.is_file():
         raise DataError(f"No test split at {test}: run `tunegate retrain` (or `dvc repro split`) first.")

@@ -14,11 +14,12 @@ from prefect.cache_policies import NO_CACHE
 
 from pipeline import audit, audit_report, gates, lineage, model_card, promotion, registry
 from pipeline.config import Config, load_config
-from pipeline.evaluation import EvaluationReport, evaluate_model
+from pipeline.evaluation import EvaluationReport
 from pipeline.errors import TunegateError
 from pipeline.methods import check_supported
 from pipeline.preflight import run_preflight
 from pipeline.split import read_split, split_paths
+from pipeline.tasks import evaluate_model
 from pipeline.training import TrainResult, train_model
 from pipeline.versioning import DataVersion, reproduce_splits
 

@@ -26,7 +26,8 @@ from pipeline.audit_report import AuditReport, CheckResult, FileAudit, write_rep
 from pipeline.config import Check, Config
 from pipeline.data import read_table
 from pipeline.errors import AuditFailed
-from pipeline.modeling import PreTrainedTokenizerBase, count_tokens, load_tokenizer, resolve_model_path
+from pipeline.modeling import PreTrainedTokenizerBase, base_model_dir, load_tokenizer
+from pipeline.tasks import task_type
 
 # Columns the audit derives for its expectations.
 TOKENS, NORMALISED, LABELS_PER_TEXT, IN_TRAIN = "tokens", "normalised_text", "labels_per_text", "in_train"
@@ -113,7 +114,8 @@ def row_table(config: Config, frame: pd.DataFrame, tokenizer: PreTrainedTokenize
     table[label] = table[label].map(str, na_action="ignore").str.strip()
     texts = text_values(table, text)
     table[NORMALISED] = normalise(texts)
-    table[TOKENS] = count_tokens(tokenizer, texts.tolist())
+    # as the task type trains on them: the text alone, or the chat prompt made of it with the answer
+    table[TOKENS] = task_type(config).token_counts(config, tokenizer, texts.tolist())
     table[LABELS_PER_TEXT] = table[label].groupby(table[NORMALISED]).transform("nunique")
     return table
 
@@ -330,7 +332,7 @@ def audit_files(config: Config, sources: list[str], train: str | None, name: str
     """
     frames = {source: read_table(config.path(source)) for source in sources}
     lexicon = config.audit.bias.lexicon
-    tools = Tools(batch_definition(), load_tokenizer(resolve_model_path(config.model.base, config.project_dir)),
+    tools = Tools(batch_definition(), load_tokenizer(base_model_dir(config)),
                   bias.load_lexicon(config.path(lexicon) if lexicon else None))
     tables = {source: row_table(config, frame, tools.tokenizer) for source, frame in frames.items()}
     if train is not None and NORMALISED in tables[train]:

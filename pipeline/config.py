@@ -139,6 +139,32 @@ class AuditConfig(Section):
 class ModelConfig(Section):
     base: str
     max_length: PositiveInt
+    cache_dir: str      # bundled GGUF models, converted once to safetensors directories, by the file's hash
+
+
+class PairBenchmark(Section):
+    """A file of sentence pairs scored by a causal LM, and how much of it a run scores."""
+    path: str
+    pairs: PositiveInt | None   # a stratified subset of this many pairs (null: all of them)
+
+
+class CausalLmConfig(Section):
+    """task.type causal_lm: instructions from a labelled table, and the LM's own evaluation suites."""
+    system_prompt: str | None
+    prompt_template: Annotated[str, Field(pattern=r"\{text\}")]   # {text} is replaced by the row's text; the
+                                                                    # response is its label's name
+    max_new_tokens: PositiveInt     # generated per prompt when evaluating (the label word and a little more)
+    eval_rows: PositiveInt | None   # test rows evaluated (stratified; null: all)
+    validation_rows: PositiveInt | None   # validation rows scored during training (stratified; null: all)
+    blimp: PairBenchmark | None     # general knowledge: forgetting_blimp = base - candidate accuracy
+    crows_pairs: PairBenchmark | None   # bias: crows_pairs_gap = |stereotype share - 0.5|
+    defaults: dict[str, Any]        # `section.key: value` set when task.type is causal_lm; -S overrides win
+
+
+class TaskConfig(Section):
+    # -> a TaskType in pipeline/tasks/ (TASK_TYPES)
+    type: Literal["classification", "causal_lm"]
+    causal_lm: CausalLmConfig
 
 
 class LayersConfig(Section):
@@ -307,6 +333,7 @@ class ReproduceConfig(Section):
 
 
 class Config(Section):
+    task: TaskConfig
     data: DataConfig
     split: SplitConfig
     audit: AuditConfig
@@ -359,10 +386,22 @@ def load_config(project_dir: str | Path = ".", overrides: list[str] | tuple[str,
         raise ConfigError(f"{params_path} must be a mapping of sections (data, split, ...), got {raw!r}.")
     for override in overrides:
         apply_override(raw, override)
+    apply_task_defaults(raw)
+    for override in overrides:   # again: the user's overrides win over the task type's defaults
+        apply_override(raw, override)
     try:
         return Config.model_validate({**raw, "project_dir": project_dir})
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from exc
+
+
+def apply_task_defaults(raw: dict[str, Any]) -> None:
+    """The chosen task type's `defaults` (its base model, gates, learning rates...) over params.yaml's values."""
+    task = raw.get("task")
+    if not isinstance(task, dict) or not isinstance(task.get(task.get("type")), dict):
+        return   # no type, or one without a section of its own (classification): nothing to apply
+    for key, value in (task[task["type"]].get("defaults") or {}).items():
+        apply_override(raw, f"{key}={json.dumps(value)}")
 
 
 def apply_override(raw: dict[str, Any], override: str) -> None:

@@ -25,7 +25,7 @@ from pipeline.config import Config, EvaluateConfig
 from pipeline.data import read_table
 from pipeline.errors import ConfigError, DataError
 from pipeline.evaluation_report import write_report
-from pipeline.modeling import backbone, load_classifier, load_tokenizer, resolve_model_path, weights_sha256
+from pipeline.modeling import backbone, base_model_dir, load_classifier, load_tokenizer, weights_sha256
 from pipeline.split import LABEL, TEXT, to_canonical
 
 METRICS_DIR = Path(__file__).parent / "metrics"
@@ -148,7 +148,7 @@ def general_scores(config: Config, encoder: PreTrainedModel, tokenizer: PreTrain
 
 def base_general_scores(config: Config, paths: dict[str, Path]) -> dict[str, float]:
     """The base model's general scores, from the cache; the base model is loaded only for what is missing."""
-    base_dir = resolve_model_path(config.model.base, config.project_dir)
+    base_dir = base_model_dir(config)
     weights = weights_sha256(base_dir)
     cache_dir = config.path(config.evaluate.base_cache_dir)
     files = {b.name: general.base_cache_file(cache_dir, b, paths[f"evaluate.general[{i}].path"], weights,

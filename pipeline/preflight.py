@@ -10,7 +10,7 @@ from pathlib import Path
 from pipeline import registry, versioning
 from pipeline.config import Config
 from pipeline.errors import EnvironmentProblem, ModelError
-from pipeline.modeling import WEIGHT_FILES, resolve_model_path
+from pipeline.modeling import WEIGHT_FILES, base_model_dir
 
 
 def output_dirs(config: Config) -> dict[str, Path]:
@@ -42,7 +42,7 @@ def check_base_model(config: Config) -> None:
     """The base model is there, its config parses and each weight file's header reads (a truncated copy fails here)."""
     from safetensors import SafetensorError, safe_open
 
-    model_dir = resolve_model_path(config.model.base, config.project_dir)
+    model_dir = base_model_dir(config)
     try:
         json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
         for weights in sorted(model_dir.glob(WEIGHT_FILES)):

@@ -55,9 +55,9 @@ def measure_champion(config: Config, champion: RegisteredVersion, data_version: 
     again on test_frame with the same task, general and bias suites (the TFX Evaluator's baseline)."""
     if champion.tags.get("data_version") == data_version:
         return Baseline(champion, champion.metrics, remeasured=False, artifacts=[])
-    from pipeline.evaluation import evaluate_model   # torch and transformers: only when a model is evaluated
+    from pipeline.tasks import evaluate_model   # torch and transformers: only when a model is evaluated
 
-    report = evaluate_model(config, registry.download_classifier(config, champion.uri), test_frame, report_dir)
+    report = evaluate_model(config, registry.download_model(config, champion.uri), test_frame, report_dir)
     return Baseline(champion, report.metrics, remeasured=True, artifacts=report.artifacts)
 
 

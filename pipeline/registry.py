@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import mlflow
 import pandas as pd
@@ -88,6 +88,48 @@ class TextClassifier(mlflow.pyfunc.PythonModel):
         names = self.model.config.id2label
         best = probs.argmax(axis=1)
         return pd.DataFrame({"label": [names[int(i)] for i in best], "score": probs.max(axis=1)})
+
+
+class TextGenerator(mlflow.pyfunc.PythonModel):
+    """pyfunc wrapper of a causal LM: prompts in (each the user's turn of a chat, after the system prompt it
+    was trained with), the generated answers out."""
+
+    def load_context(self, context) -> None:
+        from pipeline.modeling import load_causal_lm, load_tokenizer
+        from pipeline.tasks.causal_lm import ensure_pad_token
+
+        model_dir = Path(context.artifacts[MODEL_ARTIFACT])
+        self.model = load_causal_lm(model_dir)
+        self.tokenizer = ensure_pad_token(load_tokenizer(model_dir))
+        self.system_prompt = context.model_config.get("system_prompt")
+        self.max_new_tokens = int(context.model_config.get("max_new_tokens", 32))
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        from pipeline.tasks.causal_lm import chat, generate, prompt_ids
+
+        conversations = [chat(self.system_prompt, str(prompt)) for prompt in model_input.iloc[:, 0]]
+        answers = generate(self.model, self.tokenizer, prompt_ids(self.tokenizer, conversations), self.max_new_tokens,
+                           batch_size=16)
+        return pd.DataFrame({"response": answers})
+
+
+EXAMPLE_TEXTS = ["a gripping, beautifully acted film", "dull and far too long"]
+
+
+def _classifier_serving(config: Config) -> tuple[list[str], dict[str, Any]]:
+    return EXAMPLE_TEXTS, {"max_length": config.model.max_length}
+
+
+def _generator_serving(config: Config) -> tuple[list[str], dict[str, Any]]:
+    settings = config.task.causal_lm
+    return ([settings.prompt_template.format(text=text) for text in EXAMPLE_TEXTS],
+            {"system_prompt": settings.system_prompt, "max_new_tokens": settings.max_new_tokens})
+
+
+# task.type -> the pyfunc that serves its models, and its (input example, model_config) from params.yaml:
+# raw texts for a classifier, prompts made by the template for an LM
+PYFUNCS: dict[str, tuple[type[mlflow.pyfunc.PythonModel], Callable[[Config], tuple[list[str], dict[str, Any]]]]] = {
+    "classification": (TextClassifier, _classifier_serving), "causal_lm": (TextGenerator, _generator_serving)}
 
 
 def tracking_uri(config: Config) -> str:
@@ -185,13 +227,14 @@ def register_candidate(config: Config, candidate: Candidate) -> RegisteredVersio
             mlflow.log_dict(candidate.lineage, lineage.RECORD_ARTIFACT)
         for path, text in candidate.lineage_texts.items():
             mlflow.log_text(text, path)
-        example = ["a gripping, beautifully acted film", "dull and far too long"]
+        pyfunc, serving = PYFUNCS[config.task.type]
+        example, model_config = serving(config)
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=TextClassifier(),
+            python_model=pyfunc(),
             artifacts={MODEL_ARTIFACT: str(candidate.model_dir)},
             code_paths=[str(PIPELINE_PACKAGE)],
-            model_config={"max_length": config.model.max_length},
+            model_config=model_config,
             input_example=example,
             pip_requirements=SERVING_REQUIREMENTS + _base_model_requirements(candidate.model_dir),
         )
@@ -423,7 +466,7 @@ def list_versions(config: Config) -> list[VersionRow]:
     return rows
 
 
-def download_classifier(config: Config, model_uri: str) -> Path:
+def download_model(config: Config, model_uri: str) -> Path:
     """The transformers directory of a registered version, `models:/name/version` or `models:/name@alias`
     (a local store's files are used where they are, a server's are downloaded)."""
     connect(config)
@@ -450,7 +493,7 @@ def resolve_parent(config: Config, model_uri: str) -> tuple[Path, str]:
     from pipeline.modeling import ADAPTER_CONFIG
 
     uri = version_uri(find_version(config, model_uri))
-    model_dir = download_classifier(config, uri)
+    model_dir = download_model(config, uri)
     if (model_dir / ADAPTER_CONFIG).is_file():
         raise ModelError(f"{uri} holds an adapter that is not merged into its base; a warm start needs a whole "
                          f"model (train.method full, freeze, lora or dora): set model.base to one of those.")

@@ -27,7 +27,10 @@ TRAIN_AND_EVALUATE = """
 import json, sys
 from pathlib import Path
 from pipeline.config import load_config
-from pipeline.evaluation import evaluate_model
+try:
+    from pipeline.tasks import evaluate_model        # by task type
+except ImportError:                                   # a commit from before task types: classification only
+    from pipeline.evaluation import evaluate_model
 from pipeline.split import read_split, split_paths
 from pipeline.training import train_model
 config = load_config(".", sys.argv[2:])

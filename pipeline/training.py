@@ -1,6 +1,7 @@
-"""Fine-tuning: setup → train → save, one loop for every method, run by the transformers Trainer.
+"""Fine-tuning: setup → train → save, one loop for every method and task type, run by the transformers Trainer.
 
-train.method picks a builder (pipeline/methods/); everything else is the same for every method: seeded
+train.method picks a builder (pipeline/methods/), task.type the model class, the examples and their
+collator (pipeline/tasks/); everything else is the same for every method: seeded
 batches of similar lengths padded per batch, warm-up and decay, clipping, evaluation every eval_steps,
 early stopping, checkpoints every save_steps that a re-run resumes from, and the best checkpoint saved.
 """
@@ -12,23 +13,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
-from datasets import Dataset
 from peft import PeftModel
-from scipy.special import softmax
-from transformers import (DataCollatorWithPadding, EarlyStoppingCallback, PreTrainedModel, PreTrainedTokenizerBase,
-                          Trainer, TrainerState, TrainingArguments, set_seed)
+from transformers import (EarlyStoppingCallback, PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerState,
+                          TrainingArguments, set_seed)
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from pipeline.config import Config, TrainConfig
 from pipeline.errors import ConfigError
-from pipeline.evaluation import compute_metrics
 from pipeline.methods import METHOD_BUILDERS, check_supported
-from pipeline.modeling import load_tokenizer, resolve_model_path
-from pipeline.split import LABEL, TEXT
+from pipeline.modeling import base_model_dir, load_tokenizer
+from pipeline.tasks import base_model, task_type
 
 TRAINER_STATE = "trainer_state.json"   # the Trainer writes it last: a checkpoint with it is complete
 
@@ -111,12 +108,6 @@ class LengthGroupedTrainer(Trainer):
         return sampler
 
 
-def tokenize(frame: pd.DataFrame, tokenizer: PreTrainedTokenizerBase, max_length: int) -> Dataset:
-    """Token ids without padding (the collator pads per batch); one fast tokenizer call for the whole frame."""
-    encoded = tokenizer(frame[TEXT].tolist(), truncation=True, max_length=max_length)
-    return Dataset.from_dict({**encoded, "labels": frame[LABEL].tolist()})
-
-
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return trainable, sum(p.numel() for p in model.parameters())
@@ -173,25 +164,22 @@ def train_model(config: Config, train_frame: pd.DataFrame, validation_frame: pd.
     check_supported(train_cfg)
     check_best_metric(config)
     set_seed(train_cfg.seed)
-    base_dir = resolve_model_path(config.model.base, config.project_dir)
-    tokenizer = load_tokenizer(base_dir)
-    setup = METHOD_BUILDERS[train_cfg.method](base_dir, config.data.labels, train_cfg)
+    task = task_type(config)
+    tokenizer = load_tokenizer(base_model_dir(config))
+    setup = METHOD_BUILDERS[train_cfg.method](base_model(config), train_cfg)
     trainable, total = count_parameters(setup.model)
     bf16 = use_bf16(train_cfg.precision)
     args = training_arguments(train_cfg, output_dir / "checkpoints", bf16)
-
-    def trainer_metrics(eval_pred) -> dict[str, float]:
-        logits, labels = eval_pred
-        return compute_metrics(config.evaluate, softmax(logits, axis=-1), labels)
+    collator = task.collator(tokenizer)   # first: it may give the tokenizer the pad token it pads with
 
     optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, setup.model)
     early_stopping = [EarlyStoppingCallback(train_cfg.early_stopping_patience)] if train_cfg.early_stopping_patience else []
     trainer = LengthGroupedTrainer(
         model=setup.model, args=args,
-        train_dataset=tokenize(train_frame, tokenizer, config.model.max_length),
-        eval_dataset=tokenize(validation_frame, tokenizer, config.model.max_length),
-        data_collator=DataCollatorWithPadding(tokenizer),
-        compute_metrics=trainer_metrics,
+        train_dataset=task.dataset(config, train_frame, tokenizer),
+        eval_dataset=task.dataset(config, task.validation_rows(config, validation_frame), tokenizer),
+        data_collator=collator,
+        compute_metrics=task.validation_metrics(config),
         callbacks=[*setup.callbacks, *early_stopping],
         length_window=train_cfg.length_window,
         # the Trainer's own optimizer class and settings, with the method's parameter groups if it has any
@@ -214,13 +202,13 @@ def train_model(config: Config, train_frame: pd.DataFrame, validation_frame: pd.
 
 
 def check_best_metric(config: Config) -> None:
-    """train.best_metric must be a score the validation produces: the loss, or one of evaluate.metrics' outputs."""
-    # A metric module names its outputs only when it computes them: score one sure prediction per class.
-    classes = len(config.data.labels)
-    names = ["loss", *compute_metrics(config.evaluate, np.eye(classes), np.arange(classes))]
+    """train.best_metric must be a score the validation produces: the loss, or (classification) one of
+    evaluate.metrics' outputs."""
+    names = task_type(config).validation_metric_names(config)
     if config.train.best_metric not in names:
-        raise ConfigError(f"train.best_metric is {config.train.best_metric!r}, which the validation does not "
-                          f"produce with evaluate.metrics {config.evaluate.metrics}; use one of: {', '.join(names)}.")
+        raise ConfigError(f"train.best_metric is {config.train.best_metric!r}, which the validation of task.type "
+                          f"{config.task.type} does not produce with evaluate.metrics {config.evaluate.metrics}; use one "
+                          f"of: {', '.join(names)}.")
 
 
 def samples_trained(rows: int, batch_size: int, first_step: int, last_step: int) -> int:
@@ -244,7 +232,7 @@ def best_validation(state: TrainerState) -> dict[str, float]:
 
 def save_for_serving(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, model_dir: Path,
                      merge_adapter: bool, base_model: str) -> None:
-    """safetensors, loadable by modeling.load_classifier either way: a whole model, or an adapter and its base.
+    """safetensors, loadable by modeling.load_classifier (load_causal_lm) either way: a whole model, or an adapter and its base.
 
     Mergeable adapters are folded into the base weights first. Other adapters record the base model as
     params.yaml named it (never a machine's path) and the classifier's config.json, for its labels.

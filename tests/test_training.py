@@ -28,6 +28,7 @@ from pipeline.methods.layers import build_full
 from pipeline.evaluation import predict_proba
 from pipeline.modeling import ADAPTER_CONFIG, load_classifier, load_tokenizer, resolve_model_path
 from pipeline.split import LABEL, TEXT, read_split
+from pipeline.tasks import base_model
 from pipeline.training import (ShuffledLengthGroupedSampler, TrainResult, last_checkpoint, samples_trained,
                                train_model)
 from tests.conftest import REPO, make_project, small_params
@@ -156,7 +157,7 @@ def test_progressive_unfreezing_opens_the_top_layer_after_the_head(trained_metho
 def test_layer_wise_decay_gives_each_block_below_the_head_a_smaller_rate(tmp_path):
     config = tiny_config(tmp_path, method="full", layers={"freeze_lowest": 0, "lr_decay": 0.5, "unfreeze_every": 0,
                                                           "unfreeze_unit": "steps"})
-    setup = build_full(resolve_model_path(config.model.base), config.data.labels, config.train)
+    setup = build_full(base_model(config), config.train)
     rate = {id(p): group["lr"] for group in setup.param_groups for p in group["params"]}
     decayed = {id(p) for group in setup.param_groups if group["weight_decay"] > 0 for p in group["params"]}
     params = dict(setup.model.named_parameters())

@@ -10,7 +10,7 @@ from typing import Callable
 
 from pipeline.config import TrainConfig
 from pipeline.methods import adapters, layers
-from pipeline.methods.method import MethodSetup, ModelBuilder
+from pipeline.methods.method import BaseModel, MethodSetup, ModelBuilder
 from pipeline.modeling import require_4bit_support
 
 METHOD_BUILDERS: dict[str, ModelBuilder] = {
@@ -35,4 +35,4 @@ def check_supported(train: TrainConfig) -> None:
         requirement()
 
 
-__all__ = ["METHOD_BUILDERS", "MethodSetup", "ModelBuilder", "check_supported"]
+__all__ = ["METHOD_BUILDERS", "BaseModel", "MethodSetup", "ModelBuilder", "check_supported"]

@@ -7,49 +7,46 @@ a merge would re-round: those are saved as adapters, with the base model they ne
 """
 from __future__ import annotations
 
-from pathlib import Path
-
-from peft import IA3Config, LoraConfig, PeftConfig, PrefixTuningConfig, PromptTuningConfig, TaskType, get_peft_model
+from peft import IA3Config, LoraConfig, PeftConfig, PrefixTuningConfig, PromptTuningConfig, get_peft_model
 from peft import prepare_model_for_kbit_training
 from transformers import PreTrainedModel
 
 from pipeline.config import TrainConfig
-from pipeline.methods.method import MethodSetup
-from pipeline.modeling import load_classifier
+from pipeline.methods.method import BaseModel, MethodSetup
 
 
-def build_lora(base_dir: Path, labels: dict[int, str], train: TrainConfig) -> MethodSetup:
-    return _adapt(load_classifier(base_dir, labels), _lora(train, use_dora=False), merge=True)
+def build_lora(base: BaseModel, train: TrainConfig) -> MethodSetup:
+    return _adapt(base.load(None), _lora(base, train, use_dora=False), merge=True)
 
 
-def build_dora(base_dir: Path, labels: dict[int, str], train: TrainConfig) -> MethodSetup:
-    return _adapt(load_classifier(base_dir, labels), _lora(train, use_dora=True), merge=True)
+def build_dora(base: BaseModel, train: TrainConfig) -> MethodSetup:
+    return _adapt(base.load(None), _lora(base, train, use_dora=True), merge=True)
 
 
-def build_qlora(base_dir: Path, labels: dict[int, str], train: TrainConfig) -> MethodSetup:
-    base = prepare_model_for_kbit_training(load_classifier(base_dir, labels, four_bit=train.qlora))
-    return _adapt(base, _lora(train, use_dora=False), merge=False)
+def build_qlora(base: BaseModel, train: TrainConfig) -> MethodSetup:
+    model = prepare_model_for_kbit_training(base.load(train.qlora))
+    return _adapt(model, _lora(base, train, use_dora=False), merge=False)
 
 
-def build_ia3(base_dir: Path, labels: dict[int, str], train: TrainConfig) -> MethodSetup:
-    config = IA3Config(task_type=TaskType.SEQ_CLS, target_modules=train.ia3.target_modules,
+def build_ia3(base: BaseModel, train: TrainConfig) -> MethodSetup:
+    config = IA3Config(task_type=base.peft_task_type, target_modules=train.ia3.target_modules,
                        feedforward_modules=train.ia3.feedforward_modules)
-    return _adapt(load_classifier(base_dir, labels), config, merge=True)
+    return _adapt(base.load(None), config, merge=True)
 
 
-def build_prompt_tuning(base_dir: Path, labels: dict[int, str], train: TrainConfig) -> MethodSetup:
-    config = PromptTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=train.prompt_tuning.num_virtual_tokens)
-    return _adapt(load_classifier(base_dir, labels), config, merge=False)
+def build_prompt_tuning(base: BaseModel, train: TrainConfig) -> MethodSetup:
+    config = PromptTuningConfig(task_type=base.peft_task_type, num_virtual_tokens=train.prompt_tuning.num_virtual_tokens)
+    return _adapt(base.load(None), config, merge=False)
 
 
-def build_prefix_tuning(base_dir: Path, labels: dict[int, str], train: TrainConfig) -> MethodSetup:
-    config = PrefixTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=train.prefix_tuning.num_virtual_tokens)
-    return _adapt(load_classifier(base_dir, labels), config, merge=False)
+def build_prefix_tuning(base: BaseModel, train: TrainConfig) -> MethodSetup:
+    config = PrefixTuningConfig(task_type=base.peft_task_type, num_virtual_tokens=train.prefix_tuning.num_virtual_tokens)
+    return _adapt(base.load(None), config, merge=False)
 
 
-def _lora(train: TrainConfig, use_dora: bool) -> LoraConfig:
+def _lora(base: BaseModel, train: TrainConfig, use_dora: bool) -> LoraConfig:
     lora = train.lora
-    return LoraConfig(task_type=TaskType.SEQ_CLS, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+    return LoraConfig(task_type=base.peft_task_type, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                       target_modules=lora.target_modules, use_dora=use_dora)
 
 

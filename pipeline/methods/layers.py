@@ -9,25 +9,23 @@ blocks gradually, the head first (ULMFiT's gradual unfreezing).
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 from torch import nn
 from transformers import PreTrainedModel, TrainerCallback
 
 from pipeline.config import LayersConfig, TrainConfig
 from pipeline.errors import ModelError
-from pipeline.methods.method import MethodSetup
-from pipeline.modeling import load_classifier
+from pipeline.methods.method import BaseModel, MethodSetup
 
 Block = list[tuple[str, nn.Parameter]]
 
 
-def build_full(base_dir: Path, labels: dict[int, str], train: TrainConfig) -> MethodSetup:
-    return _layerwise(load_classifier(base_dir, labels), train, frozen_layers=None)
+def build_full(base: BaseModel, train: TrainConfig) -> MethodSetup:
+    return _layerwise(base.load(None), train, frozen_layers=None)
 
 
-def build_freeze(base_dir: Path, labels: dict[int, str], train: TrainConfig) -> MethodSetup:
-    return _layerwise(load_classifier(base_dir, labels), train, frozen_layers=train.layers.freeze_lowest)
+def build_freeze(base: BaseModel, train: TrainConfig) -> MethodSetup:
+    return _layerwise(base.load(None), train, frozen_layers=train.layers.freeze_lowest)
 
 
 def blocks_top_down(model: PreTrainedModel) -> list[Block]:
@@ -45,7 +43,7 @@ def blocks_top_down(model: PreTrainedModel) -> list[Block]:
     for name, param in model.named_parameters():
         if name.startswith(f"{prefix}."):
             layers[int(name.removeprefix(f"{prefix}.").split(".")[0])].append((name, param))
-        elif "embeddings" in name:
+        elif "embed" in name:   # BERT's embeddings.*, Llama's embed_tokens
             embeddings.append((name, param))
         else:
             head.append((name, param))

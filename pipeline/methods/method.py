@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 from transformers import PreTrainedModel, TrainerCallback
 
-from pipeline.config import TrainConfig
+from pipeline.config import QloraConfig, TrainConfig
 
 
 @dataclass(frozen=True)
@@ -21,5 +20,12 @@ class MethodSetup:
     merge_adapter: bool = False
 
 
-# (base model directory, label value -> name, train config) -> the model to train and its extras
-ModelBuilder = Callable[[Path, dict[int, str], TrainConfig], MethodSetup]
+@dataclass(frozen=True)
+class BaseModel:
+    """The base model as the task type loads it (pipeline/tasks/): a classifier, a causal LM."""
+    load: Callable[[QloraConfig | None], PreTrainedModel]   # with a QloraConfig: quantised to 4 bits
+    peft_task_type: str                                       # peft's TaskType for it: SEQ_CLS, CAUSAL_LM
+
+
+# (base model, train config) -> the model to train and its extras
+ModelBuilder = Callable[[BaseModel, TrainConfig], MethodSetup]

@@ -1,0 +1,39 @@
+"""Task types: one mapping from task.type to what differs (as pipeline/methods/ maps train.method to a builder).
+
+The flow, the methods, the audit, the registry and the gates are one; a type decides the model class,
+the training examples and their collator, the validation and evaluation suites. The registry's pyfunc
+per type is in pipeline/registry.py (PYFUNCS), the one module that talks to MLflow.
+"""
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.config import Config
+from pipeline.evaluation import EvaluationReport
+from pipeline.methods import BaseModel
+from pipeline.modeling import base_model_dir
+from pipeline.tasks import causal_lm, classification
+from pipeline.tasks.task import TaskType
+
+TASK_TYPES: dict[str, TaskType] = {"classification": classification.TASK, "causal_lm": causal_lm.TASK}
+
+
+def task_type(config: Config) -> TaskType:
+    return TASK_TYPES[config.task.type]
+
+
+def base_model(config: Config) -> BaseModel:
+    """model.base as the task type loads it, for a method's builder."""
+    task = task_type(config)
+    return BaseModel(load=partial(task.load_base, config, base_model_dir(config)), peft_task_type=task.peft_task_type)
+
+
+def evaluate_model(config: Config, model_dir: Path, test_frame: pd.DataFrame, report_dir: Path) -> EvaluationReport:
+    """Evaluate a saved model with its task type's suites; write the report."""
+    return task_type(config).evaluate(config, model_dir, test_frame, report_dir)
+
+
+__all__ = ["TASK_TYPES", "TaskType", "base_model", "evaluate_model", "task_type"]
