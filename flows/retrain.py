@@ -88,13 +88,18 @@ def evaluate_task(config: Config, trained: TrainResult) -> EvaluationReport:
 
 @task(name="register", cache_policy=NO_CACHE)
 def register_task(config: Config, data_version: DataVersion, trained: TrainResult,
-                  evaluation: EvaluationReport, report: audit.AuditReport) -> registry.RegisteredVersion:
+                  evaluation: EvaluationReport, report: audit.AuditReport,
+                  lineage: dict[str, str] | None = None, artifacts: list[Path] | None = None,
+                  metrics: dict[str, float] | None = None) -> registry.RegisteredVersion:
+    """lineage, artifacts, metrics: what a continual step adds (parent, batch, drift report, forgetting per task)."""
     tags = {"git_commit": git_commit(config.project_dir), "params_hash": config.params_hash(),
             "base_model": config.model.base, "method": config.train.method, "audit": "passed",
-            **data_version.as_tags()}
+            **data_version.as_tags(), **(lineage or {})}
     candidate = registry.Candidate(model_dir=trained.model_dir, params=config.as_dict(),
-                                   metrics={**trained.as_metrics(), **evaluation.metrics}, tags=tags,
-                                   artifacts=[report.json_path, report.html_path, *evaluation.artifacts])
+                                   metrics={**trained.as_metrics(), **evaluation.metrics, **(metrics or {})},
+                                   tags=tags,
+                                   artifacts=[report.json_path, report.html_path, *evaluation.artifacts,
+                                              *(artifacts or [])])
     return registry.register_candidate(config, candidate)
 
 

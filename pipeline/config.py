@@ -27,6 +27,7 @@ Severity = Literal["error", "warning"]
 SCHEDULERS = ("linear", "cosine", "constant_with_warmup")   # transformers SchedulerType names
 UNFREEZE_UNITS = ("steps", "epochs")
 QUANT_TYPES = ("nf4", "fp4")
+INITS = ("base", "champion")   # train.init: what training starts from
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,7 @@ class VirtualTokensConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     method: str
+    init: str                           # base: model.base; champion: the registry's champion (warm start)
     seed: int
     epochs: float
     batch_size: int
@@ -253,6 +255,33 @@ class RegistryConfig:
 
 
 @dataclass(frozen=True)
+class MaxScoreCheck(Check):
+    max_score: float
+
+
+@dataclass(frozen=True)
+class DriftConfig:
+    reference_rows: int                 # rows of the champion's training data the batch is compared with
+    report_dir: str
+    label_balance: MaxScoreCheck        # Jensen-Shannon distance of the label shares
+    text_length: MaxScoreCheck          # normed Wasserstein distance of the text lengths (characters)
+    vocabulary_overlap: MinShareCheck   # share of the batch's words that occur in the reference
+    text_content: MaxScoreCheck         # ROC AUC of a classifier telling batch texts from reference texts
+
+
+@dataclass(frozen=True)
+class ContinualConfig:
+    incoming: str
+    pool_dir: str
+    initial_task: str                   # name of the data section's task among the earlier tasks
+    replay_share: float
+    max_task_forgetting: float | None
+    drift: DriftConfig
+    candidates: list[list[str]]
+    dask_address: str | None
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig
     split: SplitConfig
@@ -262,6 +291,7 @@ class Config:
     evaluate: EvaluateConfig
     gates: GatesConfig
     registry: RegistryConfig
+    continual: ContinualConfig
     # The folder holding params.yaml; relative paths in the config resolve against it.
     project_dir: Path = field(default=Path("."), compare=False)
 
@@ -399,6 +429,7 @@ def _validate(config: Config) -> None:
         (config.model.max_length > 0, f"model.max_length must be positive, got {config.model.max_length}."),
         *_evaluate_checks(config),
         *_audit_checks(config),
+        *_continual_checks(config.continual),
     ]
     for ok, message in checks:
         if not ok:
@@ -434,6 +465,7 @@ def _train_checks(train: TrainConfig) -> list[tuple[bool, str]]:
     layers, lora, ia3 = train.layers, train.lora, train.ia3
     unknown_lr = sorted(set(train.learning_rate) - set(METHODS))
     return [
+        (train.init in INITS, f"train.init must be one of {', '.join(INITS)}, got {train.init!r}."),
         (train.method in METHODS, f"train.method must be one of {', '.join(METHODS)}, got {train.method!r}."),
         (not unknown_lr, f"train.learning_rate has unknown method(s) {', '.join(unknown_lr)}; methods: {', '.join(METHODS)}."),
         (train.method in train.learning_rate,
@@ -501,3 +533,19 @@ def _evaluate_checks(config: Config) -> list[tuple[bool, str]]:
               for name, attribute in counterfactual.attributes.items()),
         ]
     return checks
+
+
+def _continual_checks(continual: ContinualConfig) -> list[tuple[bool, str]]:
+    drift = continual.drift
+    return [
+        (0 <= continual.replay_share < 1, f"continual.replay_share must be in [0, 1), got {continual.replay_share}."),
+        (continual.max_task_forgetting is None or continual.max_task_forgetting >= 0,
+         f"continual.max_task_forgetting must be 0 or more, or null to skip the gate, "
+         f"got {continual.max_task_forgetting}."),
+        (drift.reference_rows > 0, f"continual.drift.reference_rows must be positive, got {drift.reference_rows}."),
+        (0 <= drift.vocabulary_overlap.min_share <= 1,
+         f"continual.drift.vocabulary_overlap.min_share must be in [0, 1], got {drift.vocabulary_overlap.min_share}."),
+        *((not candidate or all("=" in override for override in candidate),
+           f"continual.candidates[{i}] must be a list of key=value overrides, got {candidate}.")
+          for i, candidate in enumerate(continual.candidates)),
+    ]

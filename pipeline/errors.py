@@ -19,3 +19,7 @@ class AuditFailed(TunegateError):
 
 class ModelError(TunegateError):
     """A model cannot be found, loaded or trained as configured."""
+
+
+class DriftFailed(TunegateError):
+    """A new data batch drifted past an error-severity threshold; the run stops before training."""
