@@ -22,6 +22,17 @@ def _parser() -> argparse.ArgumentParser:
     retrain = commands.add_parser("retrain", help="audit, split, train, evaluate, register and promote")
     retrain.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                          help="override a params.yaml value for this run, e.g. -S train.method=full")
+    step = commands.add_parser("continual", help="one continual step: learn the next new batch of continual.incoming")
+    step.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a params.yaml value for this run")
+    schedule = commands.add_parser("schedule", help="serve the continual step as a Prefect deployment on a schedule")
+    when = schedule.add_mutually_exclusive_group(required=True)
+    when.add_argument("--cron", help='a cron schedule, e.g. "0 3 * * 1" (Mondays at 03:00)')
+    when.add_argument("--interval", type=float, metavar="SECONDS", help="run every SECONDS instead")
+    schedule.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                          help="override a params.yaml value for every scheduled run")
+    demo = commands.add_parser("demo", help="run a story on the bundled data")
+    demo.add_argument("story", choices=["continual"], help="continual: SST-2 champion, then electronics reviews")
     commands.add_parser("models", help="registered versions with aliases and key metrics")
     evaluate = commands.add_parser("evaluate", help="evaluate a registered version or a local model directory")
     evaluate.add_argument("model", metavar="MODEL_URI",
@@ -89,6 +100,21 @@ def main(argv: list[str] | None = None) -> int:
 
             _quiet_user_errors()
             print(retrain(str(args.project_dir), args.overrides))
+        elif args.command == "continual":
+            from flows.continual import continual_flow
+
+            _quiet_user_errors()
+            print(continual_flow(str(args.project_dir.resolve()), args.overrides))
+        elif args.command == "schedule":
+            from flows.schedule import serve
+
+            load_config(args.project_dir, args.overrides)   # a bad config fails now, not at 03:00
+            serve(args.project_dir.resolve(), args.cron, args.interval, args.overrides)
+        elif args.command == "demo":
+            from flows.demo import run_demo
+
+            _quiet_user_errors()
+            print(run_demo(args.project_dir.resolve()))
         elif args.command == "models":
             print(_models(args.project_dir))
         elif args.command == "evaluate":

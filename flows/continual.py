@@ -179,7 +179,7 @@ def promote_best_task(config: Config, versions: list[registry.RegisteredVersion]
     return results
 
 
-@flow(name="continual")
+@flow(name="continual-step")
 def continual_step(project_dir: str = ".", overrides: list[str] | None = None) -> ContinualSummary:
     config = load_config(Path(project_dir), overrides or [])
     candidates = [load_config(Path(project_dir), [*(overrides or []), *extra])
@@ -243,6 +243,8 @@ def task_runner(config: Config):
                                           "processes": True})
 
 
-def run_continual(project_dir: str = ".", overrides: list[str] | None = None) -> ContinualSummary:
+@flow(name="continual")
+def continual_flow(project_dir: str = ".", overrides: list[str] | None = None) -> ContinualSummary:
+    """What `tunegate continual`, the schedule and prefect.yaml run: the step on the task runner params.yaml asks for."""
     config = load_config(Path(project_dir), overrides or [])
     return continual_step.with_options(task_runner=task_runner(config))(project_dir, overrides)

@@ -61,3 +61,9 @@ def read_data_version(project_dir: Path) -> DataVersion:
         raise DataError(f"{lock_path} has no '{SPLIT_STAGE}' stage: run `dvc repro {SPLIT_STAGE}` first.") from exc
     md5s = {entry["path"]: entry["md5"] for key in ("deps", "outs") for entry in stage.get(key, [])}
     return DataVersion(version=stage["outs"][0]["md5"], md5s=md5s)
+
+
+def init_repo(project_dir: Path) -> None:
+    """A DVC repository in a folder outside git (the demo's), if there is none yet."""
+    if not (project_dir / ".dvc").is_dir():
+        Repo.init(str(project_dir), no_scm=True).close()

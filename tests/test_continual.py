@@ -4,13 +4,20 @@ Real MLflow, DVC, Great Expectations, Prefect and a real tiny training run; one 
 """
 from __future__ import annotations
 
+import os
 import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from prefect_dask import DaskTaskRunner
 
-from flows.continual import run_continual
+from flows.continual import continual_flow, task_runner
 from flows.retrain import retrain
 from pipeline import continual, registry
 from pipeline.config import load_config
@@ -59,8 +66,8 @@ def stepped(champion_project, tmp_path_factory):
     project = tmp_path_factory.mktemp("stepped") / "project"
     shutil.copytree(champion_project, project, symlinks=True)
     drop_batch(project, "electronics", electronics_rows(BATCH_ROWS))
-    first = run_continual(str(project))
-    second = run_continual(str(project))
+    first = continual_flow(str(project))
+    second = continual_flow(str(project))
     return project, first, second
 
 
@@ -101,7 +108,7 @@ def test_a_batch_failing_the_audit_stops_before_training(project):
     bad.iloc[0, bad.columns.get_loc("label")] = "7"
     drop_batch(project, "broken", bad)
     with pytest.raises(AuditFailed, match="Audit of batch 'broken' failed"):
-        run_continual(str(project))
+        continual_flow(str(project))
     assert list(versions(project)) == ["1"]
     assert not (project / "data/raw/batches/broken").exists()
 
@@ -109,6 +116,95 @@ def test_a_batch_failing_the_audit_stops_before_training(project):
 def test_a_batch_drifted_past_an_error_threshold_stops_before_training(project):
     drop_batch(project, "electronics", electronics_rows(BATCH_ROWS))
     with pytest.raises(DriftFailed, match="text_content"):
-        run_continual(str(project), ["continual.drift.text_content={severity: error, max_score: 0.8}"])
+        continual_flow(str(project), ["continual.drift.text_content={severity: error, max_score: 0.8}"])
     assert list(versions(project)) == ["1"]
     assert not (project / "data/raw/batches/electronics").exists()
+
+
+def test_two_candidates_train_on_dask_and_the_better_passing_one_is_promoted(project):
+    drop_batch(project, "electronics", electronics_rows(BATCH_ROWS))
+    candidates = "continual.candidates=[[train.learning_rate.lora=1.0e-3], [train.learning_rate.lora=1.0e-6]]"
+    overrides = [candidates, "gates.champion_tolerance=1.0", "continual.max_task_forgetting=null"]
+    assert isinstance(task_runner(load_config(project, overrides)), DaskTaskRunner)
+    summary = continual_flow(str(project), overrides)
+    assert [c.overrides for c in summary.candidates] == [["train.learning_rate.lora=1.0e-3"],
+                                                         ["train.learning_rate.lora=1.0e-6"]]
+    best = max(summary.candidates, key=lambda c: c.metrics["test_accuracy"])
+    other = next(c for c in summary.candidates if c is not best)
+    assert (best.alias, other.alias) == ("champion", "challenger")
+    assert f"passed, but version {best.version} scored higher" in other.reason
+    assert registry.champion(load_config(project)).version == best.version
+    rows = versions(project)
+    assert {rows[c.version].tags[continual.PARENT_TAG] for c in summary.candidates} == {"models:/tunegate-sst2/1"}
+
+
+# --- the cache of the retraining flow (on the shared champion project: nothing new may be registered) ----------
+
+def test_an_unchanged_rerun_reads_training_and_evaluation_from_the_cache_and_registers_nothing(champion_project):
+    again = retrain(str(champion_project))
+    assert again.unchanged and again.version == "1"
+    assert "no new version registered; training and evaluation read from the cache" in again.reason
+    assert "unchanged" in str(again) and "registered" not in str(again).replace("no new version registered", "")
+    assert list(versions(champion_project)) == ["1"]
+
+
+def test_a_cache_entry_whose_model_is_gone_is_a_miss_not_an_error(champion_project):
+    (model_dir,) = (champion_project / "outputs/train").glob("*/model")
+    shutil.rmtree(model_dir)
+    again = retrain(str(champion_project))
+    assert model_dir.is_dir()                          # trained again (from its last checkpoint)
+    assert again.unchanged and "training and evaluation read from the cache" not in again.reason
+    assert list(versions(champion_project)) == ["1"]
+
+
+# --- the schedule: a Prefect server, the deployment served, a batch dropped in, a scheduled run learns it --------
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(condition, seconds: float, what: str, processes: list[subprocess.Popen]):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for process in processes:
+            assert process.poll() is None, f"{process.args} exited with {process.returncode} while waiting for {what}"
+        value = condition()
+        if value:
+            return value
+        time.sleep(2)
+    raise AssertionError(f"no {what} within {seconds} s")
+
+
+def test_a_scheduled_run_of_the_served_deployment_learns_a_dropped_batch(project, tmp_path):
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": api,
+           "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2", "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
+    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                               "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    served = None
+    try:
+        wait_for(lambda: _healthy(api), 120, "Prefect server", [server])
+        served = subprocess.Popen([sys.executable, "-m", "flows.cli", "--project-dir", str(project), "schedule",
+                                   "--interval", "10"], cwd=REPO, env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        drop_batch(project, "electronics", electronics_rows(BATCH_ROWS))
+        learned = wait_for(lambda: versions(project).get("2"), 400, "version trained by a scheduled run",
+                           [server, served])
+        assert learned.tags[continual.PARENT_TAG] == "models:/tunegate-sst2/1"
+        assert learned.tags[continual.BATCH_TAG] == "electronics"
+    finally:
+        for process in (served, server):
+            if process is not None:
+                process.terminate()
+                process.wait(timeout=60)
+
+
+def _healthy(api: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{api}/health", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
