@@ -11,6 +11,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.retrain import register_task, split_task
@@ -232,15 +233,21 @@ def continual_step(project_dir: str = ".", overrides: list[str] | None = None) -
 
 
 def task_runner(config: Config):
-    """One candidate: in the flow's process. Several: a Dask cluster, continual.dask_address's or a local one."""
+    """One candidate: in the flow's process. Several: a Dask cluster, continual.dask_address's or a local one.
+
+    A local cluster's worker processes (one per candidate: a process each keeps training seeded as alone) report
+    to the flow's Prefect API, a temporary one too; a team's cluster needs PREFECT_API_URL set on its workers.
+    """
     if len(config.continual.candidates) < 2:
         return ThreadPoolTaskRunner(max_workers=1)
     from prefect_dask import DaskTaskRunner
 
     if config.continual.dask_address:
         return DaskTaskRunner(address=config.continual.dask_address)
+    with get_client(sync_client=True) as client:
+        api_url = str(client.api_url)
     return DaskTaskRunner(cluster_kwargs={"n_workers": len(config.continual.candidates), "threads_per_worker": 1,
-                                          "processes": True})
+                                          "processes": True, "env": {"PREFECT_API_URL": api_url}})
 
 
 @flow(name="continual")

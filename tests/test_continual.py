@@ -25,6 +25,7 @@ from pipeline.errors import AuditFailed, DriftFailed
 from tests.conftest import REPO, make_project, small_params
 
 BATCH_ROWS = 160   # electronics reviews per batch, half of each label
+SMALL_BATCH_ROWS = 80   # where the batch only has to be learned, not measured
 
 
 def electronics_rows(rows: int, skip: int = 0) -> pd.DataFrame:
@@ -122,10 +123,11 @@ def test_a_batch_drifted_past_an_error_threshold_stops_before_training(project):
 
 
 def test_two_candidates_train_on_dask_and_the_better_passing_one_is_promoted(project):
-    drop_batch(project, "electronics", electronics_rows(BATCH_ROWS))
+    drop_batch(project, "electronics", electronics_rows(SMALL_BATCH_ROWS))
     candidates = "continual.candidates=[[train.learning_rate.lora=1.0e-3], [train.learning_rate.lora=1.0e-6]]"
     overrides = [candidates, "gates.champion_tolerance=1.0", "continual.max_task_forgetting=null"]
-    assert isinstance(task_runner(load_config(project, overrides)), DaskTaskRunner)
+    team_cluster = task_runner(load_config(project, [*overrides, "continual.dask_address=tcp://10.0.0.1:8786"]))
+    assert isinstance(team_cluster, DaskTaskRunner) and team_cluster.address == "tcp://10.0.0.1:8786"
     summary = continual_flow(str(project), overrides)
     assert [c.overrides for c in summary.candidates] == [["train.learning_rate.lora=1.0e-3"],
                                                          ["train.learning_rate.lora=1.0e-6"]]
@@ -190,7 +192,7 @@ def test_a_scheduled_run_of_the_served_deployment_learns_a_dropped_batch(project
         served = subprocess.Popen([sys.executable, "-m", "flows.cli", "--project-dir", str(project), "schedule",
                                    "--interval", "10"], cwd=REPO, env=env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        drop_batch(project, "electronics", electronics_rows(BATCH_ROWS))
+        drop_batch(project, "electronics", electronics_rows(SMALL_BATCH_ROWS))
         learned = wait_for(lambda: versions(project).get("2"), 400, "version trained by a scheduled run",
                            [server, served])
         assert learned.tags[continual.PARENT_TAG] == "models:/tunegate-sst2/1"
