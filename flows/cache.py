@@ -1,4 +1,4 @@
-"""Cache keys of the retraining flow's expensive tasks: the data version, the params and the code.
+"""Cache keys of the retraining flow's expensive tasks: the data (version), the params and the code.
 
 Prefect persists the results of train and evaluate under these keys, so a run whose data, params and code are
 unchanged since the last completed run reads them instead of training and evaluating again. A key names what
@@ -7,6 +7,8 @@ makes the result; the flow refreshes an entry whose files on disk are gone (a mi
 from __future__ import annotations
 
 import hashlib
+import json
+from dataclasses import asdict
 from typing import Any
 
 from prefect.cache_policies import CacheKeyFnPolicy
@@ -18,13 +20,30 @@ from pipeline.lineage import git_commit
 DIRTY = "-dirty"   # git_commit's suffix for tracked files that differ from the commit
 
 
-def run_key(config: Config, data: str) -> str | None:
-    """Equal keys, equal data, params and code; None (no caching) for a work tree with uncommitted edits."""
+def _key(config: Config, *parts: str) -> str | None:
+    """A hash of the parts, the code and the project; None (no caching) for a work tree with uncommitted edits."""
     commit = git_commit(config.project_dir)
     if commit.endswith(DIRTY):
         return None
-    parts = [data, config.params_hash(), commit, str(config.project_dir)]
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
+    return hashlib.sha256("|".join([*parts, commit, str(config.project_dir)]).encode()).hexdigest()[:24]
+
+
+def run_key(config: Config, data: str) -> str | None:
+    """Equal keys, equal data, params and code."""
+    return _key(config, data, config.params_hash())
+
+
+def _audit_key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
+    """The raw files' contents and what the audit reads of params.yaml (not training's params)."""
+    config = parameters["config"]
+    digest = hashlib.md5()
+    for path in (config.data.train, config.data.validation, config.data.test):
+        if path is not None:
+            if not config.path(path).is_file():
+                return None   # the audit says what is missing
+            digest.update(config.path(path).read_bytes())
+    settings = json.dumps([asdict(config.data), asdict(config.audit), asdict(config.model)], sort_keys=True, default=str)
+    return _prefixed("audit", _key(config, digest.hexdigest(), settings))
 
 
 def _prefixed(prefix: str, key: str | None) -> str | None:
@@ -39,5 +58,6 @@ def _evaluate_key(context: TaskRunContext, parameters: dict[str, Any]) -> str | 
     return _prefixed("evaluate", run_key(parameters["config"], str(parameters["trained"].model_dir)))
 
 
+AUDIT_CACHE = CacheKeyFnPolicy(cache_key_fn=_audit_key)
 TRAIN_CACHE = CacheKeyFnPolicy(cache_key_fn=_train_key)
 EVALUATE_CACHE = CacheKeyFnPolicy(cache_key_fn=_evaluate_key)

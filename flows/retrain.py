@@ -11,7 +11,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.cache import DIRTY, EVALUATE_CACHE, TRAIN_CACHE
+from flows.cache import AUDIT_CACHE, DIRTY, EVALUATE_CACHE, TRAIN_CACHE
 
 from pipeline import audit, gates, registry
 from pipeline.config import Config, load_config
@@ -51,7 +51,7 @@ class RetrainSummary:
         return "\n".join(lines)
 
 
-@task(name="audit", cache_policy=NO_CACHE)
+@task(name="audit", cache_policy=AUDIT_CACHE, persist_result=True)
 def audit_task(config: Config) -> audit.AuditReport:
     report = audit.audit_raw_data(config)
     get_run_logger().info("audit passed: %s", report.summary)
@@ -147,7 +147,9 @@ def promote_task(config: Config, version: registry.RegisteredVersion) -> tuple[s
 def retrain(project_dir: str = ".", overrides: list[str] | None = None) -> RetrainSummary:
     config = load_config(Path(project_dir), overrides or [])
     check_supported(config.train)   # e.g. qlora without a GPU: stop before any work
-    report = audit_task(config)
+    audit_dir = config.path(config.audit.report_dir)
+    report = audit_task.with_options(
+        refresh_cache=not ((audit_dir / "audit.json").is_file() and (audit_dir / "audit.html").is_file()))(config)
     data_version = split_task(config)
     # A cached result whose files are gone is refreshed: trained (or evaluated) again.
     output_dir = run_dir(config, data_version)
