@@ -10,7 +10,6 @@ Prints a table and writes benchmarks/results/causal_lm.json. Pass 0 as a size fo
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import resource
 import subprocess
@@ -39,7 +38,7 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
              "task.causal_lm.crows_pairs.pairs": args.crows_pairs or None, "train.epochs": 1}
     overrides = ["task.type=causal_lm", *(f"{k}={json.dumps(v)}" for k, v in sizes.items()), *(RUNS[name] or [])]
     config = load_config(Path.cwd(), overrides)
-    config = dataclasses.replace(config, split=dataclasses.replace(config.split, max_train_rows=args.rows))
+    config = config.model_copy(update={"split": config.split.model_copy(update={"max_train_rows": args.rows})})
     splits = make_splits(config)
     out = OUT / name
     train: dict = {}

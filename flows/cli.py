@@ -33,6 +33,17 @@ def _parser() -> argparse.ArgumentParser:
     for command in (promote, rollback):
         command.add_argument("--reason", help="why, for the alias history (required)")
         command.add_argument("--by", default=None, help="who, for the alias history (default: your login name)")
+    step = commands.add_parser("continual", help="one continual step: learn the next new batch of continual.incoming")
+    step.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a params.yaml value for this run")
+    schedule = commands.add_parser("schedule", help="serve the continual step as a Prefect deployment on a schedule")
+    when = schedule.add_mutually_exclusive_group(required=True)
+    when.add_argument("--cron", help='a cron schedule, e.g. "0 3 * * 1" (Mondays at 03:00)')
+    when.add_argument("--interval", type=float, metavar="SECONDS", help="run every SECONDS instead")
+    schedule.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                          help="override a params.yaml value for every scheduled run")
+    demo = commands.add_parser("demo", help="run a story on the bundled data")
+    demo.add_argument("story", choices=["continual"], help="continual: SST-2 champion, then electronics reviews")
     evaluate = commands.add_parser("evaluate", help="evaluate a registered version or a local model directory")
     evaluate.add_argument("model", metavar="MODEL_URI",
                           help="models:/NAME/VERSION, models:/NAME@ALIAS, or a local transformers model directory")
@@ -137,6 +148,22 @@ def main(argv: list[str] | None = None) -> int:
 
             _filter_logs()
             print(retrain(str(args.project_dir), args.overrides))
+        elif args.command == "continual":
+            load_config(args.project_dir, args.overrides)   # as retrain: a bad config fails before Prefect loads
+            from flows.continual import continual_flow
+
+            _filter_logs()
+            print(continual_flow(str(args.project_dir.resolve()), args.overrides))
+        elif args.command == "schedule":
+            from flows.schedule import serve
+
+            load_config(args.project_dir, args.overrides)   # a bad config fails now, not at 03:00
+            serve(args.project_dir.resolve(), args.cron, args.interval, args.overrides)
+        elif args.command == "demo":
+            from flows.demo import run_demo
+
+            _filter_logs()
+            print(run_demo(args.project_dir.resolve()))
         elif args.command == "models":
             print(_history(args.project_dir) if args.history else _models(args.project_dir))
         elif args.command in ("promote", "rollback"):

@@ -12,6 +12,7 @@ import yaml
 from prefect import flow, get_run_logger, runtime, task
 from prefect.cache_policies import NO_CACHE
 
+from flows.cache import AUDIT_CACHE, EVALUATE_CACHE, TRAIN_CACHE
 from pipeline import audit, audit_report, gates, lineage, model_card, promotion, registry
 from pipeline.config import Config, load_config
 from pipeline.evaluation import EvaluationReport
@@ -39,6 +40,7 @@ class RetrainSummary:
     audit: str
     audit_failures: list[str]     # failed warning-level checks; a failed error-level check stops the run
     decision: dict                # decision.json: each gate's value, threshold, champion's baseline, verdict
+    unchanged: bool = False       # same data, params and code as the registered version: nothing new registered
 
     def __str__(self) -> str:
         names = gates.gated_metrics(self.metrics)
@@ -46,8 +48,10 @@ class RetrainSummary:
         lines = [f"{'audit':<{width}} {self.audit}", *(f"  {failure}" for failure in self.audit_failures),
                  f"{'data version':<{width}} {self.data_version}"]
         lines += [f"{name:<{width}} {self.metrics[name]:.4f}" for name in names]
-        lines += [f"{'report':<{width}} {self.report}",
-                  f"{'registered':<{width}} {self.model_name} version {self.version}",
+        lines += [f"{'report':<{width}} {self.report}"]
+        if self.unchanged:
+            return "\n".join(lines + [f"{'unchanged':<{width}} {self.reason}"])
+        lines += [f"{'registered':<{width}} {self.model_name} version {self.version}",
                   f"{'decision':<{width}} {self.alias}: {self.reason}"]
         champion = self.decision["champion"]
         if champion is not None:
@@ -69,7 +73,7 @@ def _number(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-@task(name="audit", cache_policy=NO_CACHE)
+@task(name="audit", cache_policy=AUDIT_CACHE, persist_result=True)
 def audit_task(config: Config) -> audit.AuditReport:
     report = audit.audit_raw_data(config)
     get_run_logger().info("audit passed: %s", report.summary)
@@ -88,11 +92,19 @@ def _unless_user_error(task, task_run, state) -> bool:
     return not isinstance(state.data, TunegateError)
 
 
-@task(name="train", cache_policy=NO_CACHE, retry_condition_fn=_unless_user_error)
+def run_dir(config: Config, data_version: DataVersion) -> Path:
+    # Deterministic: a retry or a re-run with the same data and params finds its checkpoints here.
+    return config.path(config.train.output_dir) / f"{data_version.version[:12]}-{config.params_hash()}"
+
+
+def report_dir(config: Config, run_dir: Path) -> Path:
+    return config.path(config.evaluate.report_dir) / run_dir.name
+
+
+@task(name="train", cache_policy=TRAIN_CACHE, persist_result=True, retry_condition_fn=_unless_user_error)
 def train_task(config: Config, data_version: DataVersion) -> TrainResult:
     paths = split_paths(config)
-    # Deterministic: a retry or a re-run with the same data and params finds its checkpoints here.
-    output_dir = config.path(config.train.output_dir) / f"{data_version.version[:12]}-{config.params_hash()}"
+    output_dir = run_dir(config, data_version)
     trained = train_model(config, read_split(paths.train), read_split(paths.validation), output_dir)
     if trained.resumed_from is not None:
         get_run_logger().info("resumed from %s", trained.resumed_from)
@@ -101,33 +113,55 @@ def train_task(config: Config, data_version: DataVersion) -> TrainResult:
     return trained
 
 
-@task(name="evaluate", cache_policy=NO_CACHE)
+@task(name="evaluate", cache_policy=EVALUATE_CACHE, persist_result=True)
 def evaluate_task(config: Config, trained: TrainResult) -> EvaluationReport:
-    report_dir = config.path(config.evaluate.report_dir) / trained.model_dir.parent.name
-    evaluation = evaluate_model(config, trained.model_dir, read_split(split_paths(config).test), report_dir)
+    evaluation = evaluate_model(config, trained.model_dir, read_split(split_paths(config).test),
+                                report_dir(config, trained.model_dir.parent))
     get_run_logger().info("evaluation report %s", evaluation.path)
     return evaluation
 
 
 @task(name="register", cache_policy=NO_CACHE)
 def register_task(config: Config, code: lineage.GitState, data_version: DataVersion, trained: TrainResult,
-                  evaluation: EvaluationReport, report: audit.AuditReport,
-                  parent: str | None) -> registry.RegisteredVersion:
-    """config is the run's own: model.base as the user wrote it (a parent's URI for a warm start)."""
+                  evaluation: EvaluationReport, report: audit.AuditReport, parent: str | None,
+                  extra_tags: dict[str, str] | None = None, extra_artifacts: list[Path] | None = None,
+                  extra_metrics: dict[str, float] | None = None) -> registry.RegisteredVersion:
+    """config is the run's own: model.base as the user wrote it (a parent's URI for a warm start). The extras are
+    what a continual step adds: its batch and tasks, the drift report."""
     reports = {"audit": [registry.report_artifact(p) for p in (report.json_path, report.html_path)],
                "evaluation": [registry.report_artifact(p) for p in evaluation.artifacts]}
     record = lineage.build_record(config, code, data_version, trained.precision, parent, runtime.flow_run.id,
                                   reports)
     tags = {"git_commit": str(code), "params_hash": config.params_hash(),
             "base_model": config.model.base, "method": config.train.method, "audit": "passed",
-            **data_version.as_tags()}
+            **data_version.as_tags(), **({lineage.PARENT_TAG: parent} if parent else {}), **(extra_tags or {})}
     texts = {lineage.PARAMS_ARTIFACT: yaml.safe_dump(config.as_dict(), sort_keys=False),
              lineage.DVC_LOCK_ARTIFACT: (config.project_dir / "dvc.lock").read_text(encoding="utf-8")}
     candidate = registry.Candidate(model_dir=trained.model_dir, params=config.as_dict(),
-                                   metrics={**trained.as_metrics(), **evaluation.metrics}, tags=tags,
-                                   artifacts=[report.json_path, report.html_path, *evaluation.artifacts],
+                                   metrics={**trained.as_metrics(), **evaluation.metrics, **(extra_metrics or {})},
+                                   tags=tags,
+                                   artifacts=[report.json_path, report.html_path, *evaluation.artifacts,
+                                              *(extra_artifacts or [])],
                                    lineage=record, lineage_texts=texts)
     return registry.register_candidate(config, candidate)
+
+
+@dataclass(frozen=True)
+class SameVersion:
+    name: str
+    version: str
+    aliases: list[str]
+
+
+@task(name="same-version", cache_policy=NO_CACHE)
+def same_version_task(config: Config, code: lineage.GitState, data_version: DataVersion) -> SameVersion | None:
+    """The registered version with this run's data version, params and code (a committed work tree's), if any."""
+    if code.dirty:
+        return None
+    wanted = {"data_version": data_version.version, "params_hash": config.params_hash(), "git_commit": code.commit}
+    row = next((row for row in registry.list_versions(config)
+                if all(row.tags.get(key) == value for key, value in wanted.items())), None)
+    return None if row is None else SameVersion(config.registry.model_name, row.version, row.aliases)
 
 
 @task(name="promote", cache_policy=NO_CACHE)
@@ -170,10 +204,31 @@ def retrain(project_dir: str = ".", overrides: list[str] | None = None) -> Retra
     code = lineage.git_state(config.project_dir)
     work_config, parent = start_from_parent(config)
     preflight_task(work_config)     # disk, folders, base model, tracking store, DVC remote
-    report = audit_task(work_config)
+    audit_dir = work_config.path(work_config.audit.report_dir)
+    report = audit_task.with_options(
+        refresh_cache=not ((audit_dir / "audit.json").is_file() and (audit_dir / "audit.html").is_file()))(work_config)
     data_version = split_task(work_config)
-    trained = train_task.with_options(retries=config.train.retries)(work_config, data_version)
-    evaluation = evaluate_task(work_config, trained)
+    # A cached result whose files are gone is refreshed: trained (or evaluated) again.
+    output_dir = run_dir(work_config, data_version)
+    trained_state = train_task.with_options(retries=config.train.retries,
+                                            refresh_cache=not (output_dir / "model").is_dir())(
+        work_config, data_version, return_state=True)
+    trained = trained_state.result()
+    evaluation_state = evaluate_task.with_options(
+        refresh_cache=not (report_dir(work_config, output_dir) / "evaluation.json").is_file())(
+        work_config, trained, return_state=True)
+    evaluation = evaluation_state.result()
+    same = same_version_task(config, code, data_version)
+    if same is not None:
+        cached = " and ".join(name for name, state in (("training", trained_state), ("evaluation", evaluation_state))
+                              if state.name == "Cached")
+        reason = (f"same data version, params and code as {same.name} version {same.version} "
+                  f"({', '.join(same.aliases) or 'no alias'}): no new version registered"
+                  + (f"; {cached} read from the cache" if cached else ""))
+        get_run_logger().info(reason)
+        return RetrainSummary(data_version.version, evaluation.metrics, evaluation.path, same.name, same.version,
+                              ",".join(same.aliases), reason, report.summary,
+                              [check.headline for check in report.failures], {}, unchanged=True)
     version = register_task(config, code, data_version, trained, evaluation, report, parent)
     promoted = promote_task(work_config, version, data_version, evaluation)
     card_task(config, version, data_version, evaluation, report, promoted.as_record())

@@ -206,6 +206,7 @@ class VirtualTokensConfig(Section):
 
 class TrainConfig(Section):
     method: Method
+    init: Literal["base", "champion"]   # base: model.base; champion: the registry's champion (warm start)
     seed: int
     epochs: Positive
     batch_size: PositiveInt
@@ -312,6 +313,7 @@ class GatesConfig(Section):
     champion_tolerance: NonNegative
     max_forgetting: NonNegative | None   # null: not checked
     max_bias_gap: Share | None           # null: not checked
+    max_task_forgetting: NonNegative | None   # continual: drop on each earlier task's test split; null: not checked
     lock: PromotionLockConfig            # the promotion lock in the tracking store
 
 
@@ -332,6 +334,32 @@ class ReproduceConfig(Section):
     work_dir: str             # scratch checkouts: <work_dir>/<model name>-<version>
 
 
+class MaxScoreCheck(Check):
+    max_score: Number
+
+
+class DriftConfig(Section):
+    reference_rows: PositiveInt         # rows of the champion's training data the batch is compared with
+    report_dir: str
+    label_balance: MaxScoreCheck        # Jensen-Shannon distance of the label shares
+    text_length: MaxScoreCheck          # normed Wasserstein distance of the text lengths (characters)
+    vocabulary_overlap: MinShareCheck   # share of the batch's words that occur in the reference
+    text_content: MaxScoreCheck         # ROC AUC of a classifier telling batch texts from reference texts
+
+
+Override = Annotated[str, Field(pattern=r"^[^=]+=")]   # section.key=value
+
+
+class ContinualConfig(Section):
+    incoming: str
+    pool_dir: str
+    initial_task: str                   # name of the data section's task among the earlier tasks
+    replay_share: Annotated[Number, Field(ge=0, lt=1)]
+    drift: DriftConfig
+    candidates: list[list[Override]]    # each a list of overrides; []: one candidate, params as they are
+    dask_address: str | None            # an existing Dask scheduler; null: a local cluster
+
+
 class Config(Section):
     task: TaskConfig
     data: DataConfig
@@ -344,6 +372,7 @@ class Config(Section):
     registry: RegistryConfig
     preflight: PreflightConfig
     reproduce: ReproduceConfig
+    continual: ContinualConfig
     # The folder holding params.yaml; relative paths in the config resolve against it. Not a parameter.
     project_dir: Path = Field(default=Path("."), exclude=True)
 

@@ -31,3 +31,7 @@ class EnvironmentProblem(TunegateError):
 
 class PromotionError(TunegateError):
     """A promotion, override or rollback cannot be done as asked; nothing was moved."""
+
+
+class DriftFailed(TunegateError):
+    """A new data batch drifted past an error-severity threshold; the run stops before training."""

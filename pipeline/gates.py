@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -13,6 +14,10 @@ FORGETTING_PREFIX = "forgetting_"
 BIAS_GAP_SUFFIX = "_gap"
 # The candidate's run logs the champion's numbers it was compared with under this prefix.
 CHAMPION_PREFIX = "champion_"
+# A continual step's earlier tasks: earlier_<task>_accuracy on each task's test split, candidate and champion alike;
+# task_forgetting_<task> = the champion's minus the candidate's.
+EARLIER_TASK = re.compile(r"^earlier_(?P<task>.+)_accuracy$")
+TASK_FORGETTING_PREFIX = "task_forgetting_"
 
 
 def gated_metrics(names: Iterable[str]) -> list[str]:
@@ -81,6 +86,23 @@ def _at_most(candidate: dict[str, float], champion: dict[str, float] | None, nam
     return outcomes
 
 
+def _task_forgetting(candidate: dict[str, float], champion: dict[str, float] | None, limit: float | None) -> list[Gate]:
+    """One gate per earlier task both were scored on: the drop against the champion on the same test split."""
+    names = sorted(name for name in candidate if EARLIER_TASK.match(name) and name in (champion or {}))
+    if not names:
+        return []
+    if limit is None:
+        return [Gate("task_forgetting", None, None, None, None,
+                     "forgetting of earlier tasks not gated (gates.max_task_forgetting is null)")]
+    outcomes = []
+    for name in names:
+        task, value = EARLIER_TASK.match(name)["task"], champion[name] - candidate[name]
+        ok = value <= limit
+        outcomes.append(Gate(f"{TASK_FORGETTING_PREFIX}{task}", value, limit, champion[name], ok,
+                             f"forgetting of {task} {value:.4f} {'≤' if ok else '>'} max {limit:.4f}"))
+    return outcomes
+
+
 def decide(candidate: dict[str, float], champion: dict[str, float] | None, gates: GatesConfig) -> Decision:
     """champion: the champion's metrics measured on the candidate's data version (None: no champion)."""
     gated = gated_metrics(candidate)
@@ -90,5 +112,6 @@ def decide(candidate: dict[str, float], champion: dict[str, float] | None, gates
                   "forgetting", "gates.max_forgetting"),
         *_at_most(candidate, champion, [n for n in gated if n.endswith(BIAS_GAP_SUFFIX)], gates.max_bias_gap,
                   "bias gap", "gates.max_bias_gap"),
+        *_task_forgetting(candidate, champion, gates.max_task_forgetting),
     ]
     return Decision(promote=all(gate.passed for gate in outcomes if gate.passed is not None), gates=outcomes)

@@ -29,6 +29,7 @@ REGISTRY_URI_PREFIX = "models:/"
 TAG_PREFIX = "lineage."
 # Where a run keeps its lineage, relative to its artifact root.
 LINEAGE_DIR = "lineage"
+PARENT_TAG = "parent_model"   # a warm start's parent version, models:/NAME/VERSION, also on the version
 RECORD_ARTIFACT = f"{LINEAGE_DIR}/lineage.json"
 PARAMS_ARTIFACT = f"{LINEAGE_DIR}/params.yaml"
 DVC_LOCK_ARTIFACT = f"{LINEAGE_DIR}/dvc.lock"

@@ -3,7 +3,7 @@ rollback, each alias move under the promotion lock and written to the history in
 from __future__ import annotations
 
 import getpass
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ class Promotion:
     decision: gates.Decision
     baseline: Baseline | None
     move: AliasMove | None     # None until the alias has moved
+    logged: dict[str, float] = field(default_factory=dict)   # metrics the promotion added to the candidate's run
 
     def as_record(self) -> dict[str, Any]:
         """decision.json: the gates and the verdict, the alias given, and which champion was the baseline."""
@@ -65,6 +66,13 @@ def promote_candidate(config: Config, candidate: RegisteredVersion, data_version
                       report_dir: Path, by: str) -> Promotion:
     """Gate the candidate against the champion and give it `champion` or `challenger`; the decision record and
     the champion's numbers go to the candidate's run. report_dir receives the champion's re-measured reports."""
+    return promote_best(config, [candidate], data_version, test_frame, report_dir, by)[0]
+
+
+def promote_best(config: Config, candidates: list[RegisteredVersion], data_version: str, test_frame: pd.DataFrame,
+                 report_dir: Path, by: str) -> list[Promotion]:
+    """Gate each candidate against the champion; the best passing one (task metric) becomes champion, the others
+    challengers, each with its decision record in its run."""
     current = registry.champion(config)
     # Measured before taking the lock, which others then wait for only seconds; again under it if the champion
     # changed meanwhile (another promotion finished first).
@@ -75,17 +83,27 @@ def promote_candidate(config: Config, candidate: RegisteredVersion, data_version
             baseline = None
         elif baseline is None or baseline.version.version != current.version:
             baseline = measure_champion(config, current, data_version, test_frame, report_dir)
-        decision = gates.decide(candidate.metrics, baseline.metrics if baseline else None, config.gates)
-        alias = CHAMPION if decision.promote else CHALLENGER
-        champion_metrics = {f"{gates.CHAMPION_PREFIX}{name}": baseline.metrics[name]
-                            for name in gates.gated_metrics(baseline.metrics)} if baseline else {}
-        # Recorded before the alias moves: a failure here moves nothing.
-        registry.log_to_run(config, candidate.run_id, champion_metrics,
-                            {DECISION_RECORD: Promotion(alias, decision, baseline, None).as_record()},
-                            baseline.artifacts if baseline else [], CHAMPION_REPORTS)
-        registry.set_decision_tags(config, candidate, alias, decision.summary)
-        move = registry.move_alias(config, lock, alias, candidate, FLOW_DECISION, by, decision.summary)
-    return Promotion(alias, decision, baseline, move)
+        decisions = [gates.decide(c.metrics, baseline.metrics if baseline else None, config.gates) for c in candidates]
+        passing = [i for i, decision in enumerate(decisions) if decision.promote]
+        best = max(passing, key=lambda i: candidates[i].metrics[gates.TASK_METRIC], default=None)
+        promotions = []
+        for i, (candidate, decision) in enumerate(zip(candidates, decisions)):
+            alias = CHAMPION if i == best else CHALLENGER
+            reason = decision.summary + (f"; passed, but version {candidates[best].version} scored higher"
+                                         if decision.promote and i != best else "")
+            # The champion's numbers and each earlier task's forgetting, beside the candidate's own.
+            logged = {f"{gates.CHAMPION_PREFIX}{name}": baseline.metrics[name]
+                      for name in gates.gated_metrics(baseline.metrics)} if baseline else {}
+            logged |= {gate.name: gate.value for gate in decision.gates
+                       if gate.name.startswith(gates.TASK_FORGETTING_PREFIX) and gate.value is not None}
+            # Recorded before the alias moves: a failure here moves nothing.
+            registry.log_to_run(config, candidate.run_id, logged,
+                                {DECISION_RECORD: Promotion(alias, decision, baseline, None).as_record()},
+                                baseline.artifacts if baseline else [], CHAMPION_REPORTS)
+            registry.set_decision_tags(config, candidate, alias, reason)
+            move = registry.move_alias(config, lock, alias, candidate, FLOW_DECISION, by, reason)
+            promotions.append(Promotion(alias, decision, baseline, move, logged))
+    return promotions
 
 
 def _require_reason(reason: str | None, command: str) -> str:

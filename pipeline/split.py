@@ -12,10 +12,11 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from pipeline.config import Config, DataConfig, load_config
-from pipeline.data import read_table, write_table
+from pipeline.data import READERS, read_table, write_table
 from pipeline.errors import DataError, TunegateError
 
 SPLITS = ("train", "validation", "test")
+BATCHES_DIR = "batches"   # under split.out_dir: one folder of splits per batch of continual.pool_dir
 TEXT, LABEL = "text", "label"   # column names of the split files, whatever the raw files call them
 
 
@@ -26,8 +27,11 @@ class SplitPaths:
     test: Path
 
 
-def split_paths(config: Config) -> SplitPaths:
+def split_paths(config: Config, batch: str | None = None) -> SplitPaths:
+    """The data section's splits, or with `batch`, the splits of that batch of the continual pool."""
     out_dir = config.path(config.split.out_dir)
+    if batch is not None:
+        out_dir = out_dir / BATCHES_DIR / batch
     return SplitPaths(*(out_dir / f"{name}.csv" for name in SPLITS))
 
 
@@ -55,8 +59,7 @@ def make_splits(config: Config) -> dict[str, pd.DataFrame]:
     train = frames["train"]
     for name, fraction in (("test", split.test_fraction), ("validation", split.validation_fraction)):
         if name not in frames:
-            train, frames[name] = train_test_split(train, test_size=fraction, random_state=split.seed,
-                                                   stratify=train[LABEL])
+            train, frames[name] = carve(train, fraction, split.seed)
     if split.max_train_rows is not None and len(train) > split.max_train_rows:
         train, _ = train_test_split(train, train_size=split.max_train_rows, random_state=split.seed,
                                     stratify=train[LABEL])
@@ -64,10 +67,46 @@ def make_splits(config: Config) -> dict[str, pd.DataFrame]:
     return {name: frames[name].reset_index(drop=True) for name in SPLITS}
 
 
+def carve(frame: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(rest, carved): a stratified share of the rows set apart."""
+    return train_test_split(frame, test_size=fraction, random_state=seed, stratify=frame[LABEL])
+
+
+def pool_batches(config: Config) -> list[str]:
+    """Names of the batches in continual.pool_dir (one folder each), oldest name first."""
+    pool = config.path(config.continual.pool_dir)
+    return sorted(path.name for path in pool.iterdir() if path.is_dir()) if pool.is_dir() else []
+
+
+def batch_files(folder: Path) -> list[Path]:
+    return sorted(path for path in folder.rglob("*") if path.is_file() and path.suffix.lower() in READERS)
+
+
+def read_batch(config: Config, path: Path) -> pd.DataFrame:
+    """A batch (a data file, or a folder of them) in the canonical columns, as one frame."""
+    files = [path] if path.is_file() else batch_files(path)
+    if not files:
+        raise DataError(f"{path}: no data file ({', '.join(READERS)}) in this batch.")
+    return pd.concat([to_canonical(read_table(path), config.data, str(path)) for path in files], ignore_index=True)
+
+
+def make_batch_splits(config: Config, folder: Path) -> dict[str, pd.DataFrame]:
+    """A batch split as a data section without validation and test files is: test, then validation, carved out."""
+    split = config.split
+    train, test = carve(read_batch(config, folder), split.test_fraction, split.seed)
+    train, validation = carve(train, split.validation_fraction, split.seed)
+    frames = {"train": train, "validation": validation, "test": test}
+    return {name: frames[name].reset_index(drop=True) for name in SPLITS}
+
+
 def write_splits(config: Config) -> SplitPaths:
     paths = split_paths(config)
     for name, frame in make_splits(config).items():
         write_table(frame, getattr(paths, name))
+    for batch in pool_batches(config):
+        batch_paths = split_paths(config, batch)
+        for name, frame in make_batch_splits(config, config.path(config.continual.pool_dir) / batch).items():
+            write_table(frame, getattr(batch_paths, name))
     return paths
 
 

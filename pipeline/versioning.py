@@ -137,3 +137,9 @@ def checkout_data_version(checkout_dir: Path, remote_url: str, version: str) -> 
     if pulled.version != version:
         raise DataError(f"The recorded dvc.lock names data version {pulled.version}, not {version}.")
     return pulled
+
+
+def init_repo(project_dir: Path) -> None:
+    """A DVC repository in a folder outside git (the demo's), if there is none yet."""
+    if not (project_dir / ".dvc").is_dir():
+        Repo.init(str(project_dir), no_scm=True).close()

@@ -24,6 +24,7 @@ os.environ.update({
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_HOME": str(_session_home / "prefect"),
     "PREFECT_LOGGING_LEVEL": "WARNING",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",   # the default 20 s fails on a loaded machine
     "OMP_WAIT_POLICY": "PASSIVE",   # as pipeline/__init__.py sets it, before torch loads (see there)
 })
 os.environ.pop("MLFLOW_TRACKING_URI", None)

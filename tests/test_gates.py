@@ -2,8 +2,10 @@ from pipeline.config import GatesConfig, PromotionLockConfig
 from pipeline.gates import Gate, decide, gated_metrics
 
 LOCK = PromotionLockConfig(lease_s=600, wait_s=1200, poll_s=2)
-GATES = GatesConfig(min_accuracy=0.85, champion_tolerance=0.0, max_forgetting=None, max_bias_gap=None, lock=LOCK)
-WITH_ALL = GatesConfig(min_accuracy=0.85, champion_tolerance=0.0, max_forgetting=0.05, max_bias_gap=0.02, lock=LOCK)
+GATES = GatesConfig(min_accuracy=0.85, champion_tolerance=0.0, max_forgetting=None, max_bias_gap=None,
+                    max_task_forgetting=None, lock=LOCK)
+WITH_ALL = GatesConfig(min_accuracy=0.85, champion_tolerance=0.0, max_forgetting=0.05, max_bias_gap=0.02,
+                       max_task_forgetting=None, lock=LOCK)
 GOOD = {"test_accuracy": 0.9, "forgetting_stsb": 0.01, "eec_gender_gap": 0.005, "eec_race_gap": 0.01,
         "eec_race_p_value": 0.2, "retained_stsb": 0.99}
 
@@ -30,7 +32,8 @@ def test_candidate_must_match_the_champion():
 
 
 def test_tolerance_lets_a_slightly_worse_candidate_through():
-    gates = GatesConfig(min_accuracy=0.85, champion_tolerance=0.02, max_forgetting=None, max_bias_gap=None, lock=LOCK)
+    gates = GatesConfig(min_accuracy=0.85, champion_tolerance=0.02, max_forgetting=None, max_bias_gap=None,
+                        max_task_forgetting=None, lock=LOCK)
     decision = decide({"test_accuracy": 0.86}, {"test_accuracy": 0.87}, gates)
     assert decision.promote
     assert "− tolerance 0.02" in decision.summary
@@ -65,7 +68,7 @@ def test_gated_metrics_are_the_task_metric_then_forgetting_then_gaps():
 def test_each_gate_has_its_value_threshold_baseline_and_outcome_in_the_record():
     champion = {"test_accuracy": 0.88, "forgetting_stsb": 0.02, "eec_gender_gap": 0.001, "eec_race_gap": 0.004}
     tolerant = GatesConfig(min_accuracy=0.85, champion_tolerance=0.01, max_forgetting=0.05, max_bias_gap=0.02,
-                           lock=LOCK)
+                           max_task_forgetting=None, lock=LOCK)
     decision = decide({**GOOD, "test_accuracy": 0.86}, champion, tolerant)
     assert decision.gates[:3] == [
         Gate("accuracy_floor", 0.86, 0.85, 0.88, True, "accuracy 0.8600 ≥ floor 0.8500"),
@@ -76,3 +79,15 @@ def test_each_gate_has_its_value_threshold_baseline_and_outcome_in_the_record():
     assert record["gates"][1] == {"name": "accuracy_vs_champion", "value": 0.86, "threshold": 0.87,
                                   "baseline": 0.88, "passed": False,
                                   "reason": "accuracy 0.8600 < champion's 0.8800 − tolerance 0.01"}
+
+
+def test_each_earlier_task_is_gated_on_its_drop_against_the_champion_on_the_same_split():
+    gates = GATES.model_copy(update={"max_task_forgetting": 0.05})
+    candidate = {**GOOD, "earlier_sst2_accuracy": 0.80, "earlier_books_accuracy": 0.70}
+    champion = {"test_accuracy": 0.86, "earlier_sst2_accuracy": 0.83, "earlier_books_accuracy": 0.80}
+    decision = decide(candidate, champion, gates)
+    forgetting = [gate for gate in decision.gates if gate.name.startswith("task_forgetting_")]
+    assert [(g.name, round(g.value, 4), g.threshold, g.baseline, g.passed) for g in forgetting] == [
+        ("task_forgetting_books", 0.1, 0.05, 0.80, False), ("task_forgetting_sst2", 0.03, 0.05, 0.83, True)]
+    assert not decision.promote and "forgetting of books 0.1000 > max 0.0500" in decision.summary
+    assert decide(candidate, None, gates).promote    # no champion: nothing to have forgotten against

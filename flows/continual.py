@@ -1,0 +1,233 @@
+"""The continual step: a new batch → audit + drift → DVC pool → warm start + replay → evaluate on the batch,
+every earlier task and the general suite → register with parent → gates against the champion re-measured.
+
+Several candidates (continual.candidates) train in parallel on a Dask cluster (prefect-dask).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from flows.retrain import card_task, register_task, split_task
+from pipeline import audit, continual, drift, lineage, promotion, registry
+from pipeline.config import Config, load_config
+from pipeline.errors import DriftFailed, ModelError
+from pipeline.evaluation import EvaluationReport
+from pipeline.methods import check_supported
+from pipeline.modeling import ADAPTER_CONFIG
+from pipeline.split import read_batch, read_split, split_paths
+from pipeline.tasks import evaluate_model
+from pipeline.training import TrainResult, train_model
+from pipeline.versioning import DataVersion, reproduce_splits
+
+
+@dataclass(frozen=True)
+class CandidateOutcome:
+    overrides: list[str]
+    version: str
+    metrics: dict[str, float]
+    alias: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ContinualSummary:
+    batch: str | None             # None: no new batch, nothing trained
+    message: str
+    data_version: str | None = None
+    parent: str | None = None     # models:/NAME/VERSION the candidates started from, or the base model
+    tasks: list[str] = field(default_factory=list)          # earlier tasks, from the champion's lineage
+    drift: list[str] = field(default_factory=list)
+    champion_metrics: dict[str, float] = field(default_factory=dict)   # re-measured on this step's data
+    candidates: list[CandidateOutcome] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [self.message]
+        if self.batch is None:
+            return "\n".join(lines)
+        lines += [f"data version {self.data_version}", f"started from {self.parent}",
+                  f"earlier tasks {', '.join(self.tasks)}", *(f"drift {line}" for line in self.drift)]
+        for candidate in self.candidates:
+            lines += [f"version {candidate.version} ({' '.join(candidate.overrides) or 'params.yaml'}): "
+                      f"{candidate.alias}: {candidate.reason}"]
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Champion:
+    uri: str                      # models:/NAME/VERSION
+    model_dir: Path
+    tasks: list[str]
+
+
+@task(name="registry-state", cache_policy=NO_CACHE)
+def registry_state_task(config: Config) -> tuple[registry.VersionRow | None, set[str]]:
+    """The champion's row, and the md5s of every batch a registered version was trained on."""
+    rows = registry.list_versions(config)
+    champion = next((row for row in rows if registry.CHAMPION in row.aliases), None)
+    return champion, {row.tags[continual.BATCH_MD5_TAG] for row in rows if continual.BATCH_MD5_TAG in row.tags}
+
+
+@task(name="champion", cache_policy=NO_CACHE)
+def champion_task(config: Config, row: registry.VersionRow) -> Champion:
+    uri = f"models:/{config.registry.model_name}/{row.version}"
+    model_dir = registry.download_model(config, uri)
+    return Champion(uri, model_dir, continual.task_names(config, row.tags))
+
+
+@task(name="audit-batch", cache_policy=NO_CACHE)
+def audit_batch_task(config: Config, batch: continual.Batch) -> audit.AuditReport:
+    report = continual.audit_batch(config, batch)
+    get_run_logger().info("audit of batch %s passed: %s", batch.name, report.summary)
+    return report
+
+
+@task(name="drift", cache_policy=NO_CACHE)
+def drift_task(config: Config, batch: continual.Batch, tasks: list[str]) -> drift.DriftReport:
+    settings = config.continual.drift
+    reference = continual.stratified_sample(continual.earlier_training_rows(config, tasks), settings.reference_rows,
+                                            config.split.seed)
+    report = drift.compare(settings, reference, read_batch(config, batch.path), config.data.label_values,
+                           config.split.seed, config.path(settings.report_dir) / batch.name)
+    for check in report.checks:
+        get_run_logger().info("drift %s", check)
+    if report.errors:
+        errors = "\n".join(f"  {check}" for check in report.errors)
+        raise DriftFailed(f"Batch {batch.name!r} drifted from the champion's training data past an error threshold; "
+                          f"nothing was trained or registered:\n{errors}\nRaise the threshold or set its severity to "
+                          f"warning under continual.drift, or remove {batch.path}. Report: {report.path}")
+    return report
+
+
+@task(name="pool", cache_policy=NO_CACHE)
+def pool_task(config: Config, batch: continual.Batch) -> DataVersion:
+    """The batch joins the pool; `dvc repro split` versions the earlier data plus the batch."""
+    continual.add_to_pool(config, batch)
+    version = reproduce_splits(config.project_dir)
+    get_run_logger().info("pool with batch %s: data version %s", batch.name, version.version)
+    return version
+
+
+def training_config(config: Config, champion: Champion | None) -> Config:
+    """train.init=champion: the champion's weights are the model training starts from."""
+    if config.train.init == "base":
+        return config
+    if champion is None:
+        raise ModelError("train.init is champion, but no version is champion yet: run `tunegate retrain` first, "
+                         "or set train.init=base.")
+    if (champion.model_dir / ADAPTER_CONFIG).is_file():
+        raise ModelError(f"train.init=champion needs a champion saved as a whole model; {champion.uri} is an "
+                         f"adapter ({champion.model_dir}). Set train.init=base, or promote a merged model.")
+    return config.model_copy(update={"model": config.model.model_copy(update={"base": str(champion.model_dir)})})
+
+
+@task(name="train-candidate", cache_policy=NO_CACHE)
+def train_candidate_task(config: Config, data_version: DataVersion, batch: str, tasks: list[str],
+                         champion: Champion | None) -> TrainResult:
+    start = training_config(config, champion)
+    batch_splits = split_paths(config, batch)
+    mix = continual.replay_mix(read_split(batch_splits.train), continual.earlier_training_rows(config, tasks),
+                               config.continual.replay_share, config.train.seed)
+    output_dir = config.path(config.train.output_dir) / f"{data_version.version[:12]}-{start.params_hash()}"
+    trained = train_model(start, mix, read_split(batch_splits.validation), output_dir)
+    get_run_logger().info("%s on %d rows (%d replayed): best step %d, validation %s", trained.method, len(mix),
+                          len(mix) - len(read_split(batch_splits.train)), trained.best_step, trained.validation_metrics)
+    return trained
+
+
+@task(name="evaluate-candidate", cache_policy=NO_CACHE)
+def evaluate_candidate_task(config: Config, trained: TrainResult, batch: str) -> EvaluationReport:
+    report_dir = config.path(config.evaluate.report_dir) / trained.model_dir.parent.name
+    return evaluate_model(config, trained.model_dir, read_split(split_paths(config, batch).test), report_dir)
+
+
+@task(name="promote-best", cache_policy=NO_CACHE)
+def promote_best_task(config: Config, versions: list[registry.RegisteredVersion], data_version: DataVersion,
+                      batch: str) -> list[promotion.Promotion]:
+    """The champion re-measured on the batch's test split and each earlier task's; every gate, and forgetting of
+    each earlier task; the best passing candidate becomes champion, the others challengers."""
+    report_dir = config.path(config.evaluate.report_dir) / f"champion-{batch}"
+    return promotion.promote_best(config, versions, data_version.version, read_split(split_paths(config, batch).test),
+                                  report_dir, promotion.login_name())
+
+
+@flow(name="continual-step")
+def continual_step(project_dir: str = ".", overrides: list[str] | None = None) -> ContinualSummary:
+    config = load_config(Path(project_dir), overrides or [])
+    candidates = [load_config(Path(project_dir), [*(overrides or []), *extra])
+                  for extra in config.continual.candidates or [[]]]
+    for candidate in candidates:
+        check_supported(candidate.train)
+    logger = get_run_logger()
+    champion_row, used = registry_state_task(config)
+    batch = continual.next_batch(config, used)
+    if batch is None:
+        message = f"No new batch in {config.path(config.continual.incoming)}: nothing to train."
+        logger.info(message)
+        return ContinualSummary(batch=None, message=message)
+    logger.info("new batch %s (%s)", batch.name, batch.path)
+    champion = champion_task(config, champion_row) if champion_row else None
+    tasks = champion.tasks if champion else [config.continual.initial_task]
+    for candidate in candidates:
+        training_config(candidate, champion)   # a warm start that cannot work stops here, before any work
+    split_task(config)                         # the earlier pool's splits, from DVC, before the batch joins
+    report = audit_batch_task(config, batch)
+    drift_report = drift_task(config, batch, tasks)
+    data_version = pool_task(config, batch)
+
+    evaluated = [continual.with_earlier_tasks(candidate, tasks) for candidate in candidates]
+    trained = [train_candidate_task.submit(candidate, data_version, batch.name, tasks, champion)
+               for candidate in evaluated]
+    evaluations = [evaluate_candidate_task.submit(candidate, run, batch.name)
+                   for candidate, run in zip(evaluated, trained)]
+    warm_start = champion is not None and config.train.init == "champion"
+    code = lineage.git_state(config.project_dir)
+    tags = {continual.BATCH_TAG: batch.name, continual.BATCH_MD5_TAG: batch.md5,
+            continual.TASKS_TAG: ",".join([*tasks, batch.name])}
+    versions = [register_task(candidate, code, data_version, run.result(), evaluation.result(), report,
+                              champion.uri if warm_start else None, extra_tags=tags, extra_artifacts=[drift_report.path])
+                for candidate, run, evaluation in zip(evaluated, trained, evaluations)]
+    promotions = promote_best_task(evaluated[0], versions, data_version, batch.name)
+    for candidate, version, evaluation, promoted in zip(evaluated, versions, evaluations, promotions):
+        card_task(candidate, version, data_version, evaluation.result(), report, promoted.as_record())
+    outcomes = [CandidateOutcome(extra, version.version, {**version.metrics, **promoted.logged}, promoted.alias,
+                                 promoted.move.reason if promoted.move else promoted.decision.summary)
+                for extra, version, promoted in zip(config.continual.candidates or [[]], versions, promotions)]
+    baseline = promotions[0].baseline
+    parent = champion.uri if warm_start else config.model.base
+    return ContinualSummary(batch=batch.name, message=f"Batch {batch.name} learned.",
+                            data_version=data_version.version, parent=parent, tasks=tasks,
+                            drift=[str(check) for check in drift_report.checks],
+                            champion_metrics=baseline.metrics if baseline else {}, candidates=outcomes)
+
+
+def task_runner(config: Config):
+    """One candidate: in the flow's process. Several: a Dask cluster, continual.dask_address's or a local one.
+
+    A local cluster's worker processes (one per candidate: a process each keeps training seeded as alone) report
+    to the flow's Prefect API, a temporary one too; a team's cluster needs PREFECT_API_URL set on its workers.
+    """
+    if len(config.continual.candidates) < 2:
+        return ThreadPoolTaskRunner(max_workers=1)
+    from prefect_dask import DaskTaskRunner
+
+    if config.continual.dask_address:
+        return DaskTaskRunner(address=config.continual.dask_address)
+    with get_client(sync_client=True) as client:
+        api_url = str(client.api_url)
+    # on this machine's loopback only: the scheduler and its dashboard would otherwise listen on every interface
+    return DaskTaskRunner(cluster_kwargs={"n_workers": len(config.continual.candidates), "threads_per_worker": 1,
+                                          "processes": True, "env": {"PREFECT_API_URL": api_url},
+                                          "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"})
+
+
+@flow(name="continual")
+def continual_flow(project_dir: str = ".", overrides: list[str] | None = None) -> ContinualSummary:
+    """What `tunegate continual`, the schedule and prefect.yaml run: the step on the task runner params.yaml asks for."""
+    config = load_config(Path(project_dir), overrides or [])
+    return continual_step.with_options(task_runner=task_runner(config))(project_dir, overrides)

@@ -1,0 +1,212 @@
+"""The continual step on small real data: a champion on an SST-2 slice, then batches of electronics reviews.
+
+Real MLflow, DVC, Great Expectations, Prefect and a real tiny training run; one champion shared by the tests.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from prefect_dask import DaskTaskRunner
+
+from flows.continual import continual_flow, task_runner
+from flows.retrain import retrain
+from pipeline import continual, lineage, registry
+from pipeline.config import load_config
+from pipeline.errors import AuditFailed, DriftFailed
+from tests.conftest import REPO, make_project, small_params
+
+BATCH_ROWS = 160   # electronics reviews per batch, half of each label
+SMALL_BATCH_ROWS = 80   # where the batch only has to be learned, not measured
+
+
+def electronics_rows(rows: int, skip: int = 0) -> pd.DataFrame:
+    frame = pd.read_csv(REPO / "data/raw/amazon-electronics/reviews.tsv", sep="\t", keep_default_na=False, dtype=str)
+    return pd.concat([group.iloc[skip:skip + rows // 2] for _, group in frame.groupby("label")])
+
+
+def drop_batch(project: Path, name: str, frame: pd.DataFrame) -> Path:
+    incoming = project / "data/incoming"
+    incoming.mkdir(parents=True, exist_ok=True)
+    path = incoming / f"{name}.tsv"
+    frame.to_csv(path, sep="\t", index=False)
+    return path
+
+
+def continual_params(**changes: dict) -> dict:
+    return small_params(model={"max_length": 64}, train={"init": "champion"},
+                        gates={"min_accuracy": 0.0, "max_forgetting": None, "max_bias_gap": None}, **changes)
+
+
+@pytest.fixture(scope="module")
+def champion_project(tmp_path_factory) -> Path:
+    """A project whose champion (version 1) was trained on the SST-2 slice; copied per test."""
+    project = make_project(tmp_path_factory.mktemp("continual") / "project", continual_params())
+    assert retrain(str(project)).alias == "champion"
+    return project
+
+
+@pytest.fixture
+def project(champion_project, tmp_path) -> Path:
+    copy = tmp_path / "project"
+    shutil.copytree(champion_project, copy, symlinks=True)
+    return copy
+
+
+@pytest.fixture(scope="module")
+def stepped(champion_project, tmp_path_factory):
+    """The champion project after one continual step on an electronics batch, and a second, unchanged run."""
+    project = tmp_path_factory.mktemp("stepped") / "project"
+    shutil.copytree(champion_project, project, symlinks=True)
+    drop_batch(project, "electronics", electronics_rows(BATCH_ROWS))
+    first = continual_flow(str(project))
+    second = continual_flow(str(project))
+    return project, first, second
+
+
+def versions(project: Path) -> dict[str, registry.VersionRow]:
+    return {row.version: row for row in registry.list_versions(load_config(project))}
+
+
+def test_a_step_warm_starts_from_the_champion_and_records_its_lineage(stepped):
+    project, first, _ = stepped
+    assert first.batch == "electronics" and first.parent == "models:/tunegate-sst2/1"
+    assert first.tasks == ["sst2"]
+    (candidate,) = first.candidates
+    tags = versions(project)[candidate.version].tags
+    assert tags[lineage.PARENT_TAG] == "models:/tunegate-sst2/1"
+    assert tags[continual.TASKS_TAG] == "sst2,electronics"
+    assert tags[continual.BATCH_TAG] == "electronics"
+    assert tags["data_version"] == first.data_version != versions(project)["1"].tags["data_version"]
+    # the pool is DVC-versioned: the batch's splits are outputs of the split stage
+    assert (project / "data/splits/batches/electronics/test.csv").is_file()
+    # evaluated on the batch's test split, on the earlier task's and the general suite; forgetting per task
+    metrics = candidate.metrics
+    assert {"test_accuracy", "earlier_sst2_accuracy", "forgetting_stsb", "task_forgetting_sst2"} <= set(metrics)
+    assert metrics["task_forgetting_sst2"] == pytest.approx(
+        first.champion_metrics["earlier_sst2_accuracy"] - metrics["earlier_sst2_accuracy"])
+    assert "forgetting of sst2" in candidate.reason
+    assert candidate.alias in ("champion", "challenger")
+
+
+def test_a_used_batch_is_not_used_again(stepped):
+    project, first, second = stepped
+    assert second.batch is None and second.candidates == []
+    assert "No new batch" in second.message
+    assert len(versions(project)) == 2
+
+
+def test_a_batch_failing_the_audit_stops_before_training(project):
+    bad = electronics_rows(BATCH_ROWS)
+    bad.iloc[0, bad.columns.get_loc("label")] = "7"
+    drop_batch(project, "broken", bad)
+    with pytest.raises(AuditFailed, match="Audit of batch 'broken' failed"):
+        continual_flow(str(project))
+    assert list(versions(project)) == ["1"]
+    assert not (project / "data/raw/batches/broken").exists()
+
+
+def test_a_batch_drifted_past_an_error_threshold_stops_before_training(project):
+    drop_batch(project, "electronics", electronics_rows(BATCH_ROWS))
+    with pytest.raises(DriftFailed, match="text_content"):
+        continual_flow(str(project), ["continual.drift.text_content={severity: error, max_score: 0.8}"])
+    assert list(versions(project)) == ["1"]
+    assert not (project / "data/raw/batches/electronics").exists()
+
+
+def test_two_candidates_train_on_dask_and_the_better_passing_one_is_promoted(project):
+    drop_batch(project, "electronics", electronics_rows(SMALL_BATCH_ROWS))
+    candidates = "continual.candidates=[[train.learning_rate.lora=1.0e-3], [train.learning_rate.lora=1.0e-6]]"
+    overrides = [candidates, "gates.champion_tolerance=1.0", "gates.max_task_forgetting=null"]
+    team_cluster = task_runner(load_config(project, [*overrides, "continual.dask_address=tcp://10.0.0.1:8786"]))
+    assert isinstance(team_cluster, DaskTaskRunner) and team_cluster.address == "tcp://10.0.0.1:8786"
+    summary = continual_flow(str(project), overrides)
+    assert [c.overrides for c in summary.candidates] == [["train.learning_rate.lora=1.0e-3"],
+                                                         ["train.learning_rate.lora=1.0e-6"]]
+    best = max(summary.candidates, key=lambda c: c.metrics["test_accuracy"])
+    other = next(c for c in summary.candidates if c is not best)
+    assert (best.alias, other.alias) == ("champion", "challenger")
+    assert f"passed, but version {best.version} scored higher" in other.reason
+    assert registry.champion(load_config(project)).version == best.version
+    rows = versions(project)
+    assert {rows[c.version].tags[lineage.PARENT_TAG] for c in summary.candidates} == {"models:/tunegate-sst2/1"}
+
+
+# --- the cache of the retraining flow (on the shared champion project: nothing new may be registered) ----------
+
+def test_an_unchanged_rerun_reads_training_and_evaluation_from_the_cache_and_registers_nothing(champion_project):
+    again = retrain(str(champion_project))
+    assert again.unchanged and again.version == "1"
+    assert "no new version registered; training and evaluation read from the cache" in again.reason
+    assert "unchanged" in str(again) and "registered" not in str(again).replace("no new version registered", "")
+    assert list(versions(champion_project)) == ["1"]
+
+
+def test_a_cache_entry_whose_model_is_gone_is_a_miss_not_an_error(champion_project):
+    (model_dir,) = (champion_project / "outputs/train").glob("*/model")
+    shutil.rmtree(model_dir)
+    again = retrain(str(champion_project))
+    assert model_dir.is_dir()                          # trained again (from its last checkpoint)
+    assert again.unchanged and "training and evaluation read from the cache" not in again.reason
+    assert list(versions(champion_project)) == ["1"]
+
+
+# --- the schedule: a Prefect server, the deployment served, a batch dropped in, a scheduled run learns it --------
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(condition, seconds: float, what: str, processes: list[subprocess.Popen]):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for process in processes:
+            assert process.poll() is None, f"{process.args} exited with {process.returncode} while waiting for {what}"
+        value = condition()
+        if value:
+            return value
+        time.sleep(2)
+    raise AssertionError(f"no {what} within {seconds} s")
+
+
+def test_a_scheduled_run_of_the_served_deployment_learns_a_dropped_batch(project, tmp_path):
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": api,
+           "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2", "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
+    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                               "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    served = None
+    try:
+        wait_for(lambda: _healthy(api), 120, "Prefect server", [server])
+        served = subprocess.Popen([sys.executable, "-m", "flows.cli", "--project-dir", str(project), "schedule",
+                                   "--interval", "10"], cwd=REPO, env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        drop_batch(project, "electronics", electronics_rows(SMALL_BATCH_ROWS))
+        learned = wait_for(lambda: versions(project).get("2"), 400, "version trained by a scheduled run",
+                           [server, served])
+        assert learned.tags[lineage.PARENT_TAG] == "models:/tunegate-sst2/1"
+        assert learned.tags[continual.BATCH_TAG] == "electronics"
+    finally:
+        for process in (served, server):
+            if process is not None:
+                process.terminate()
+                process.wait(timeout=60)
+
+
+def _healthy(api: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{api}/health", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
