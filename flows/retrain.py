@@ -44,7 +44,8 @@ class RetrainSummary:
 
     def __str__(self) -> str:
         names = gates.gated_metrics(self.metrics)
-        width = max(len(name) for name in [*names, "data version", *(gate["name"] for gate in self.decision["gates"])])
+        decided = self.decision.get("gates", [])   # none when nothing new was registered
+        width = max(len(name) for name in [*names, "data version", *(gate["name"] for gate in decided)])
         lines = [f"{'audit':<{width}} {self.audit}", *(f"  {failure}" for failure in self.audit_failures),
                  f"{'data version':<{width}} {self.data_version}"]
         lines += [f"{name:<{width}} {self.metrics[name]:.4f}" for name in names]

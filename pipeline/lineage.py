@@ -65,7 +65,8 @@ def hardware(precision: str) -> dict[str, str]:
 
     if torch.cuda.is_available():
         return {"device": "cuda", "name": torch.cuda.get_device_name(0), "precision": precision}
-    return {"device": "cpu", "name": cpu_model(), "precision": precision}
+    # the order of a parallel sum depends on the threads: a rebuild with as many gives equal numbers
+    return {"device": "cpu", "name": cpu_model(), "precision": precision, "threads": str(torch.get_num_threads())}
 
 
 def cpu_model() -> str:

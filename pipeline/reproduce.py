@@ -108,7 +108,7 @@ def reproduce(config: Config, model_uri: str) -> Reproduction:
         (checkout / "params.yaml").write_text(params, encoding="utf-8")
         (checkout / "dvc.lock").write_text(dvc_lock, encoding="utf-8")
         versioning.checkout_data_version(checkout, versioning.default_remote_url(config.project_dir), data_version)
-        reproduced = _train_and_evaluate(checkout, overrides)
+        reproduced = _train_and_evaluate(checkout, overrides, record.get("hardware", {}).get("threads"))
     finally:
         lineage.remove_worktree(config.project_dir, checkout)
     original = registry.run_metrics(config, version.run_id)
@@ -121,11 +121,11 @@ def reproduce(config: Config, model_uri: str) -> Reproduction:
                         config.reproduce.tolerance)
 
 
-def _train_and_evaluate(checkout: Path, overrides: list[str]) -> dict[str, float]:
+def _train_and_evaluate(checkout: Path, overrides: list[str], threads: str | None) -> dict[str, float]:
     out = checkout / METRICS_FILE
     # The checkout's own pipeline package first; this interpreter and its libraries (the lineage records
-    # the versions it was trained with).
-    env = {**os.environ, "PYTHONPATH": str(checkout)}
+    # the versions it was trained with); on the CPU, as many threads as the run had.
+    env = {**os.environ, "PYTHONPATH": str(checkout), **({"OMP_NUM_THREADS": threads} if threads else {})}
     run = subprocess.run([sys.executable, "-c", TRAIN_AND_EVALUATE, str(out), *overrides], cwd=checkout, env=env,
                          capture_output=True, text=True)
     if run.returncode != 0:
