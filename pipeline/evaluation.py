@@ -158,7 +158,7 @@ def base_general_scores(config: Config, paths: dict[str, Path]) -> dict[str, flo
     if any(value is None for value in scores.values()):
         # The base checkpoint loaded as the candidates are, so its encoder is the same module
         # (a classification head is added and never used).
-        fresh = general_scores(config, backbone(load_classifier(base_dir)), load_tokenizer(base_dir), paths)
+        fresh = general_scores(config, backbone(load_classifier(base_dir, config.data.labels)), load_tokenizer(base_dir), paths)
         for benchmark in config.evaluate.general:
             if scores[benchmark.name] is None:
                 scores[benchmark.name] = fresh[benchmark.name]

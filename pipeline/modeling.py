@@ -171,18 +171,24 @@ def load_classifier(model_dir: Path, labels: dict[int, str] | None = None,
         raise ModelError(f"Cannot load a sequence classifier from {model_dir}: {exc}") from exc
 
 
+class _LoadReportFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in record.getMessage()
+
+
 @contextmanager
 def _new_head_expected(expected: bool) -> Iterator[None]:
     """A fresh head for the task's labels is the point of loading with labels: transformers' warning table listing
-    its weights as MISSING would only alarm whoever reads the log."""
+    its weights as MISSING would only alarm whoever reads the log. Filtered, not silenced by level: transformers
+    runs (and logs) a tensor-parallel check when its loader's level is WARNING or above."""
     loader_log = logging.getLogger("transformers.modeling_utils")
-    level = loader_log.level
+    report_filter = _LoadReportFilter()
     if expected:
-        loader_log.setLevel(logging.ERROR)
+        loader_log.addFilter(report_filter)
     try:
         yield
     finally:
-        loader_log.setLevel(level)
+        loader_log.removeFilter(report_filter)
 
 
 def backbone(model: PreTrainedModel) -> PreTrainedModel:

@@ -535,8 +535,20 @@ def run_metrics(config: Config, run_id: str) -> dict[str, float]:
     return connect(config).get_run(run_id).data.metrics
 
 
+# MLflow's SQL stores hold a version's description in a varchar(5000) (sqlite does not enforce it; PostgreSQL does)
+DESCRIPTION_LIMIT = 5000
+
+
+def card_description(card: str) -> str:
+    """The card as a version's description: whole where it fits, else its head and where the whole card is."""
+    if len(card) <= DESCRIPTION_LIMIT:
+        return card
+    pointer = f"\n\n… (cut to fit the registry; the whole card is the run's artifact {MODEL_CARD_ARTIFACT})\n"
+    return card[:DESCRIPTION_LIMIT - len(pointer)] + pointer
+
+
 def attach_model_card(config: Config, version: RegisteredVersion, card: str) -> None:
     """The card beside the version's reports, and as its description (what the MLflow UI shows)."""
     client = connect(config)
     client.log_text(version.run_id, card, MODEL_CARD_ARTIFACT)
-    client.update_model_version(version.name, version.version, description=card)
+    client.update_model_version(version.name, version.version, description=card_description(card))
