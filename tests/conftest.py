@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -130,3 +134,38 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     load_classifier(base, config.data.labels).save_pretrained(untrained)
     load_tokenizer(base).save_pretrained(untrained)
     return {"trained": trained.model_dir, "untrained": untrained}
+
+
+def free_port() -> int:
+    """A TCP port on the loopback interface that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+POSTGRES = "postgresql://postgres@127.0.0.1:5432"
+
+
+def _postgres(sql: str) -> None:
+    import psycopg2
+
+    connection = psycopg2.connect(f"{POSTGRES}/test", connect_timeout=5)
+    connection.autocommit = True   # CREATE/DROP DATABASE cannot run in a transaction
+    try:
+        connection.cursor().execute(sql)
+    finally:
+        connection.close()
+
+
+@contextmanager
+def scratch_database(prefix: str) -> Iterator[str]:
+    """A fresh PostgreSQL database on this machine's server, dropped afterwards; the test skips without a server."""
+    database = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    try:
+        _postgres(f"CREATE DATABASE {database}")
+    except Exception as exc:   # psycopg2.OperationalError: no server to test against
+        pytest.skip(f"PostgreSQL at {POSTGRES} is not reachable: {exc}")
+    try:
+        yield database
+    finally:
+        _postgres(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")

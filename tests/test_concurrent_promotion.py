@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
 import time
 import urllib.request
-import uuid
 from pathlib import Path
 
 import pytest
@@ -18,34 +16,20 @@ import yaml
 
 from pipeline import registry
 from pipeline.config import load_config
-from tests.conftest import small_params, write_sst2_slice
+from tests.conftest import POSTGRES, free_port, scratch_database, small_params, write_sst2_slice
 
-POSTGRES = "postgresql://postgres@127.0.0.1:5432"
 SERVER_START_S = 180    # a fresh database is migrated first
-
-
-def _postgres(sql: str) -> None:
-    import psycopg2
-
-    connection = psycopg2.connect(f"{POSTGRES}/test", connect_timeout=5)
-    connection.autocommit = True   # CREATE/DROP DATABASE cannot run in a transaction
-    try:
-        connection.cursor().execute(sql)
-    finally:
-        connection.close()
 
 
 @pytest.fixture
 def tracking_server(tmp_path):
     """A scratch database and an MLflow server on it, on a free loopback port; both gone afterwards."""
-    database = f"tg_promotion_{uuid.uuid4().hex[:8]}"
-    try:
-        _postgres(f"CREATE DATABASE {database}")
-    except Exception as exc:   # psycopg2.OperationalError: no server to test against
-        pytest.skip(f"PostgreSQL at {POSTGRES} is not reachable: {exc}")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    with scratch_database("tg_promotion") as database:
+        yield from _server_on(database, tmp_path)
+
+
+def _server_on(database: str, tmp_path: Path):
+    port = free_port()
     server = subprocess.Popen(
         [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", f"{POSTGRES}/{database}",
          "--default-artifact-root", str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
@@ -71,7 +55,6 @@ def tracking_server(tmp_path):
         except subprocess.TimeoutExpired:   # its workers wait for idle connections to close
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
-        _postgres(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
 
 
 PROMOTE = textwrap.dedent("""

@@ -3,7 +3,6 @@ with one line that names the thing and what to do."""
 from __future__ import annotations
 
 import http.server
-import socket
 import subprocess
 import sys
 import threading
@@ -16,7 +15,7 @@ from pipeline.config import load_config
 from pipeline.errors import EnvironmentProblem, ModelError
 from pipeline.modeling import resolve_model_path
 from pipeline.preflight import run_preflight
-from tests.conftest import git, make_project, small_params
+from tests.conftest import free_port, git, make_project, small_params
 
 
 @pytest.fixture(scope="module")
@@ -26,12 +25,6 @@ def project(tmp_path_factory) -> Path:
 
 def _config(project: Path, *overrides: str):
     return load_config(project, list(overrides))
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_a_sound_project_passes(project):
@@ -67,7 +60,7 @@ def test_a_missing_base_model_is_named(project, tmp_path):
 
 
 def test_an_unreachable_tracking_server_is_named(project, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{_free_port()}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
     with pytest.raises(EnvironmentProblem, match=r"Tracking server http://127.0.0.1:\d+ does not answer .*start it"):
         run_preflight(_config(project))
 
@@ -92,7 +85,7 @@ def test_a_failing_tracking_server_is_named(project, monkeypatch):
 
 
 def test_an_unreachable_database_store_is_named(project, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"postgresql://postgres@127.0.0.1:{_free_port()}/test")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"postgresql://postgres@127.0.0.1:{free_port()}/test")
     with pytest.raises(EnvironmentProblem, match=r"Tracking store postgresql://postgres@127.0.0.1:\d+/test cannot be"):
         run_preflight(_config(project))
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ from pipeline import lineage, registry
 from pipeline.config import load_config
 from pipeline.errors import ReproduceError
 from pipeline.modeling import resolve_model_path, weights_sha256
-from tests.conftest import make_project, small_params
+from tests.conftest import free_port, make_project, small_params
 
 NAME = "tunegate-sst2"
 
@@ -179,16 +178,10 @@ def test_reproduce_rebuilds_a_version_with_equal_metrics(lineage_project, capsys
     assert not (project / "outputs/reproduce" / f"{NAME}-1").exists()   # the scratch checkout is gone
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_champion_answers_over_http_as_pyfunc_predicts(lineage_project):
     project, _, _ = lineage_project
     config = load_config(project)
-    port = _free_port()
+    port = free_port()
     texts = ["a moving, funny film", "a dull mess", "fine"]
     # The server execs uvicorn from PATH: this environment's bin first, as an activated venv has it.
     env = {**os.environ, "MLFLOW_TRACKING_URI": registry.tracking_uri(config),

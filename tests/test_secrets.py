@@ -12,29 +12,22 @@ import pytest
 
 from pipeline import registry
 from pipeline.config import load_config
-from tests.conftest import make_project, small_params
-from tests.test_concurrent_promotion import POSTGRES, _postgres
+from tests.conftest import make_project, scratch_database, small_params
 
 SECRET = f"pl4nted-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture(scope="module")
 def secret_run(tmp_path_factory):
-    database = f"tg_secrets_{uuid.uuid4().hex[:8]}"
-    try:
-        _postgres(f"CREATE DATABASE {database}")
-    except Exception as exc:   # psycopg2.OperationalError: no server to test against
-        pytest.skip(f"PostgreSQL at {POSTGRES} is not reachable: {exc}")
-    project = make_project(tmp_path_factory.mktemp("secrets") / "project", small_params(gates={"min_accuracy": 0.0}))
-    # trust auth: the server ignores the password, so the run works and the secret travels through everything
-    uri = f"postgresql://postgres:{SECRET}@127.0.0.1:5432/{database}"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "TUNEGATE_API_TOKEN": f"{SECRET}-token"}
-    try:
+    with scratch_database("tg_secrets") as database:
+        project = make_project(tmp_path_factory.mktemp("secrets") / "project",
+                               small_params(gates={"min_accuracy": 0.0}))
+        # trust auth: the server ignores the password, so the run works and the secret travels through everything
+        uri = f"postgresql://postgres:{SECRET}@127.0.0.1:5432/{database}"
+        env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "TUNEGATE_API_TOKEN": f"{SECRET}-token"}
         run = subprocess.run([sys.executable, "-m", "flows.cli", "--project-dir", str(project), "retrain"],
                              cwd=project, env=env, capture_output=True, text=True)
         yield project, uri, run
-    finally:
-        _postgres(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
 
 
 def test_the_run_succeeds_with_the_secret_in_its_store_uri(secret_run):
