@@ -366,7 +366,9 @@ def promotion_lock(config: Config, holder: str) -> Iterator[PromotionLock]:
                                            description="tunegate's promotion lock: exists while a promotion runs")
             break
         except MlflowException as exc:
-            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            # A server that loses the race reports the existing lock, or, when its holder released it between
+            # the clash and the server's lookup, that the lock is not found: either way, try again.
+            if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"):
                 raise
         held = _lock_holder(client, lock.name)
         if held is not None and (_holder_died(held.tags)
