@@ -53,11 +53,17 @@ class Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
 
+# table: rows of a text and a label (CSV, TSV, Parquet, JSON Lines); instructions: JSON Lines of chat
+# conversations ({"messages": [...]}, the last an assistant's turn) or {"prompt": ..., "response": ...}
+DataFormat = Literal["table", "instructions"]
+
+
 class DataConfig(Section):
+    format: DataFormat
     train: str
     validation: str | None
     test: str | None
-    text_column: str
+    text_column: str      # table only, as are label_column and labels
     label_column: str
     labels: Annotated[dict[int, str], Field(min_length=2)]   # label value in the file -> name
 
@@ -149,13 +155,14 @@ class PairBenchmark(Section):
 
 
 class CausalLmConfig(Section):
-    """task.type causal_lm: instructions from a labelled table, and the LM's own evaluation suites."""
-    system_prompt: str | None
-    prompt_template: Annotated[str, Field(pattern=r"\{text\}")]   # {text} is replaced by the row's text; the
+    """task.type causal_lm: instructions (from a labelled table, or data.format instructions), and the LM's own
+    evaluation suites."""
+    system_prompt: str | None       # the first turn of every conversation that has no system turn of its own
+    prompt_template: Annotated[str, Field(pattern=r"\{text\}")]   # table: {text} is replaced by the row's text; the
                                                                     # response is its label's name
-    max_new_tokens: PositiveInt     # generated per prompt when evaluating (the label word and a little more)
-    eval_rows: PositiveInt | None   # test rows evaluated (stratified; null: all)
-    validation_rows: PositiveInt | None   # validation rows scored during training (stratified; null: all)
+    max_new_tokens: PositiveInt     # generated per prompt when evaluating (the label word, or a whole response)
+    eval_rows: PositiveInt | None   # test rows evaluated (stratified by label in a table, else random; null: all)
+    validation_rows: PositiveInt | None   # validation rows scored during training (as eval_rows; null: all)
     blimp: PairBenchmark | None     # general knowledge: forgetting_blimp = base - candidate accuracy
     crows_pairs: PairBenchmark | None   # bias: crows_pairs_gap = |stereotype share - 0.5|
     defaults: dict[str, Any]        # `section.key: value` set when task.type is causal_lm; -S overrides win
@@ -309,7 +316,8 @@ class PromotionLockConfig(Section):
 
 
 class GatesConfig(Section):
-    min_accuracy: Share             # task accuracy floor on the test split
+    min_accuracy: Share             # task accuracy floor on the test split (labelled data)
+    min_rouge_l: Share              # ROUGE-L floor of the generated responses (data.format instructions)
     champion_tolerance: NonNegative
     max_forgetting: NonNegative | None   # null: not checked
     max_bias_gap: Share | None           # null: not checked
@@ -375,6 +383,13 @@ class Config(Section):
     continual: ContinualConfig
     # The folder holding params.yaml; relative paths in the config resolve against it. Not a parameter.
     project_dir: Path = Field(default=Path("."), exclude=True)
+
+    @model_validator(mode="after")
+    def _instructions_need_a_language_model(self) -> Config:
+        if self.data.format == "instructions" and self.task.type != "causal_lm":
+            raise ValueError("data.format instructions (prompts and responses) needs task.type causal_lm; "
+                             "a classifier trains on a table of texts and labels (data.format table)")
+        return self
 
     @model_validator(mode="after")
     def _positive_label_is_a_label(self) -> Config:

@@ -1,9 +1,11 @@
-"""Deterministic, stratified train/validation/test splits: the `split` stage of dvc.yaml.
+"""Deterministic train/validation/test splits: the `split` stage of dvc.yaml. A table's are stratified by
+label; instructions (data.format instructions) have no label and are split at random, by split.seed.
 
 Run by DVC as `python -m pipeline.split`; the files it writes are the data version.
 """
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +14,7 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from pipeline.config import Config, DataConfig, load_config
-from pipeline.data import READERS, read_table, write_table
+from pipeline.data import MESSAGES, READERS, RESPONSE, read_instructions, read_table, write_table
 from pipeline.errors import DataError, TunegateError
 
 SPLITS = ("train", "validation", "test")
@@ -50,10 +52,22 @@ def to_canonical(frame: pd.DataFrame, data: DataConfig, source: str) -> pd.DataF
     return pd.DataFrame({TEXT: frame[data.text_column].astype(str), LABEL: labels.astype(int)})
 
 
+def read_raw(config: Config, path: str) -> pd.DataFrame:
+    """A raw file of the data section in the split columns: TEXT and LABEL, or MESSAGES and RESPONSE."""
+    if config.data.format == "instructions":
+        return read_instructions(config.path(path))
+    return to_canonical(read_table(config.path(path)), config.data, path)
+
+
+def _labels(frame: pd.DataFrame) -> pd.Series | None:
+    """What a split is stratified by: the label, if the rows have one."""
+    return frame[LABEL] if LABEL in frame else None
+
+
 def make_splits(config: Config) -> dict[str, pd.DataFrame]:
     """Read the raw files and return train/validation/test frames, carving missing ones out of train."""
     data, split = config.data, config.split
-    frames = {name: to_canonical(read_table(config.path(path)), data, path)
+    frames = {name: read_raw(config, path)
               for name, path in (("train", data.train), ("validation", data.validation), ("test", data.test))
               if path is not None}
     train = frames["train"]
@@ -62,14 +76,14 @@ def make_splits(config: Config) -> dict[str, pd.DataFrame]:
             train, frames[name] = carve(train, fraction, split.seed)
     if split.max_train_rows is not None and len(train) > split.max_train_rows:
         train, _ = train_test_split(train, train_size=split.max_train_rows, random_state=split.seed,
-                                    stratify=train[LABEL])
+                                    stratify=_labels(train))
     frames["train"] = train
     return {name: frames[name].reset_index(drop=True) for name in SPLITS}
 
 
 def carve(frame: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(rest, carved): a stratified share of the rows set apart."""
-    return train_test_split(frame, test_size=fraction, random_state=seed, stratify=frame[LABEL])
+    """(rest, carved): a share of the rows set apart, stratified by label where there is one."""
+    return train_test_split(frame, test_size=fraction, random_state=seed, stratify=_labels(frame))
 
 
 def pool_batches(config: Config) -> list[str]:
@@ -99,19 +113,29 @@ def make_batch_splits(config: Config, folder: Path) -> dict[str, pd.DataFrame]:
     return {name: frames[name].reset_index(drop=True) for name in SPLITS}
 
 
+def write_split(frame: pd.DataFrame, path: Path) -> None:
+    if MESSAGES in frame:
+        frame = frame.assign(**{MESSAGES: frame[MESSAGES].map(json.dumps)})
+    write_table(frame, path)
+
+
 def write_splits(config: Config) -> SplitPaths:
     paths = split_paths(config)
     for name, frame in make_splits(config).items():
-        write_table(frame, getattr(paths, name))
+        write_split(frame, getattr(paths, name))
     for batch in pool_batches(config):
         batch_paths = split_paths(config, batch)
         for name, frame in make_batch_splits(config, config.path(config.continual.pool_dir) / batch).items():
-            write_table(frame, getattr(batch_paths, name))
+            write_split(frame, getattr(batch_paths, name))
     return paths
 
 
 def read_split(path: Path) -> pd.DataFrame:
-    return pd.read_csv(path, keep_default_na=False, dtype={TEXT: str, LABEL: int})
+    """A split file as write_split wrote it: TEXT and LABEL, or MESSAGES (parsed) and RESPONSE."""
+    frame = pd.read_csv(path, keep_default_na=False, dtype={TEXT: str, LABEL: int, MESSAGES: str, RESPONSE: str})
+    if MESSAGES in frame:
+        frame[MESSAGES] = frame[MESSAGES].map(json.loads)
+    return frame
 
 
 def main() -> int:
