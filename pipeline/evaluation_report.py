@@ -93,10 +93,11 @@ def _json_safe(value: Any) -> Any:
 def write_report(report_dir: Path, metrics: dict[str, float], details: dict[str, Any]) -> tuple[Path, list[Path]]:
     """evaluation.json, the plots as PNG and evaluation.html (plots embedded) in report_dir."""
     report_dir.mkdir(parents=True, exist_ok=True)
-    plots = {"confusion_matrix.png": (plot_confusion_matrix, details["task"])}
+    # labelled rows have a confusion matrix and identity groups; free-form responses (samples) have neither
+    plots = {"confusion_matrix.png": (plot_confusion_matrix, details["task"])} if "labels" in details["task"] else {}
     if details.get("general"):
         plots["general_base_vs_candidate.png"] = (plot_general, details["general"])
-    if any(c["by_group"] for c in details["groups"]["categories"]):
+    if details.get("groups") and any(c["by_group"] for c in details["groups"]["categories"]):
         plots["groups.png"] = (plot_groups, details["groups"]["categories"])
     if details.get("counterfactual"):
         plots["counterfactual_groups.png"] = (plot_counterfactual, details["counterfactual"])

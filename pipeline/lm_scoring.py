@@ -81,11 +81,12 @@ def _require(frame: pd.DataFrame, columns: tuple[str, ...], path: Path) -> None:
         raise DataError(f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(frame.columns)}.")
 
 
-def stratified_subset(frame: pd.DataFrame, pairs: int | None, by: str) -> pd.DataFrame:
-    """A stratified subset of `pairs` rows (all rows if null or more than there are), in file order."""
+def stratified_subset(frame: pd.DataFrame, pairs: int | None, by: str | None) -> pd.DataFrame:
+    """A subset of `pairs` rows stratified by column `by` (None: at random), all rows if null or more than
+    there are, in file order."""
     if pairs is None or pairs >= len(frame):
         return frame
-    subset, _ = train_test_split(frame, train_size=pairs, random_state=0, stratify=frame[by])
+    subset, _ = train_test_split(frame, train_size=pairs, random_state=0, stratify=frame[by] if by else None)
     return subset.sort_index()
 
 

@@ -1,16 +1,21 @@
-"""task.type causal_lm: a chat LM fine-tuned on instructions made from a labelled table.
+"""task.type causal_lm: a chat LM fine-tuned on instructions.
 
-Each row becomes a chat: the system prompt, the user's turn (task.causal_lm.prompt_template with the
-row's text) and the assistant's answer (the label's name, e.g. "positive"). The loss is on the answer's
-tokens only. Evaluation: the label the model generates (greedy, parsed) and the label it scores highest;
-BLiMP for what it knew before (forgetting) and CrowS-Pairs for stereotypes, base vs candidate.
+The instructions come from a labelled table (data.format table) or as they are (data.format instructions).
+A table's row becomes a chat: the system prompt, the user's turn (task.causal_lm.prompt_template with the
+row's text) and the assistant's answer (the label's name, e.g. "positive"). An instruction row is its
+conversation and the assistant's response; the system prompt leads a conversation that has none.
+The loss is on the answer's tokens only. Evaluation: for a table, the label the model generates (greedy,
+parsed) and the label it scores highest; for instructions, the response loss, its perplexity and the
+ROUGE-L of greedy generations; for both, BLiMP for what it knew before (forgetting) and CrowS-Pairs for
+stereotypes, base vs candidate.
 """
 from __future__ import annotations
 
+import math
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -23,18 +28,26 @@ from transformers import DataCollatorForSeq2Seq, PreTrainedModel, PreTrainedToke
 
 from pipeline import general, lm_scoring, model_bias
 from pipeline.config import CausalLmConfig, Config, QloraConfig
-from pipeline.evaluation import EvaluationReport, compute_metrics, group_suite
+from pipeline.data import MESSAGES, RESPONSE, Messages
+from pipeline.evaluation import EvaluationReport, compute_metrics, group_suite, load_metric
 from pipeline.evaluation_report import write_report
 from pipeline.modeling import ADAPTER_CONFIG, base_model_dir, load_causal_lm, load_tokenizer, weights_sha256
 from pipeline.split import LABEL, TEXT
 from pipeline.tasks.task import TaskType
 
 IGNORE_INDEX = -100   # label of a token without loss (the prompt's, the padding's): PyTorch's cross-entropy default
-Messages = list[dict[str, str]]
+SAMPLES = 5           # generated responses quoted in the evaluation report
+
+
+def with_system(system_prompt: str | None, conversation: Messages) -> Messages:
+    """The conversation led by the system prompt, unless it has a system turn of its own."""
+    if not system_prompt or any(turn["role"] == "system" for turn in conversation):
+        return conversation
+    return [{"role": "system", "content": system_prompt}, *conversation]
 
 
 def chat(system_prompt: str | None, user: str) -> Messages:
-    return [*([{"role": "system", "content": system_prompt}] if system_prompt else []), {"role": "user", "content": user}]
+    return with_system(system_prompt, [{"role": "user", "content": user}])
 
 
 def prompt_messages(settings: CausalLmConfig, texts: list[str]) -> list[Messages]:
@@ -47,19 +60,38 @@ def prompt_ids(tokenizer: PreTrainedTokenizerBase, conversations: list[Messages]
     return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
 
-def response_ids(tokenizer: PreTrainedTokenizerBase, response: str) -> list[int]:
-    """The assistant's turn as the chat template writes it (the answer and the end-of-turn tokens), as token ids."""
+def response_ids(tokenizer: PreTrainedTokenizerBase, responses: list[str]) -> list[list[int]]:
+    """Each assistant's turn as the chat template writes it (the answer and the end-of-turn tokens), as token ids."""
     user = [{"role": "user", "content": "x"}]
     prompt = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
-    full = tokenizer.apply_chat_template([*user, {"role": "assistant", "content": response}], tokenize=False)
-    if not full.startswith(prompt):
-        raise ValueError(f"{type(tokenizer).__name__}'s chat template does not continue its generation prompt "
-                         f"with the assistant's turn, so the answer's tokens cannot be told from the prompt's")
-    return tokenizer(full[len(prompt):], add_special_tokens=False)["input_ids"]
+    turns = []
+    for response in responses:
+        full = tokenizer.apply_chat_template([*user, {"role": "assistant", "content": response}], tokenize=False)
+        if not full.startswith(prompt):
+            raise ValueError(f"{type(tokenizer).__name__}'s chat template does not continue its generation prompt "
+                             f"with the assistant's turn, so the answer's tokens cannot be told from the prompt's")
+        turns.append(full[len(prompt):])
+    return tokenizer(turns, add_special_tokens=False)["input_ids"] if turns else []
 
 
 def label_responses(config: Config, tokenizer: PreTrainedTokenizerBase) -> dict[int, list[int]]:
-    return {value: response_ids(tokenizer, name) for value, name in config.data.labels.items()}
+    values = config.data.label_values
+    return dict(zip(values, response_ids(tokenizer, [config.data.labels[v] for v in values])))
+
+
+def conversations(settings: CausalLmConfig, frame: pd.DataFrame) -> list[Messages]:
+    """The prompt conversation of each row of a split: a table's text in the template, or an instruction's own."""
+    if MESSAGES in frame:
+        return [with_system(settings.system_prompt, conversation) for conversation in frame[MESSAGES]]
+    return prompt_messages(settings, frame[TEXT].tolist())
+
+
+def answer_ids(config: Config, tokenizer: PreTrainedTokenizerBase, frame: pd.DataFrame) -> list[list[int]]:
+    """The assistant's turn of each row: an instruction's response, or a table's label name."""
+    if RESPONSE in frame:
+        return response_ids(tokenizer, frame[RESPONSE].tolist())
+    responses = label_responses(config, tokenizer)
+    return [responses[label] for label in frame[LABEL]]
 
 
 def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
@@ -82,10 +114,9 @@ def instruction_example(prompt: list[int], response: list[int], max_length: int)
 
 
 def dataset(config: Config, frame: pd.DataFrame, tokenizer: PreTrainedTokenizerBase) -> Dataset:
-    prompts = prompt_ids(tokenizer, prompt_messages(config.task.causal_lm, frame[TEXT].tolist()))
-    responses = label_responses(config, tokenizer)
-    examples = [instruction_example(p, responses[label], config.model.max_length)
-                for p, label in zip(prompts, frame[LABEL])]
+    prompts = prompt_ids(tokenizer, conversations(config.task.causal_lm, frame))
+    examples = [instruction_example(p, a, config.model.max_length)
+                for p, a in zip(prompts, answer_ids(config, tokenizer, frame))]
     return Dataset.from_dict({"input_ids": [ids for ids, _ in examples], "labels": [labels for _, labels in examples],
                               "attention_mask": [[1] * len(ids) for ids, _ in examples]})
 
@@ -99,6 +130,12 @@ def token_counts(config: Config, tokenizer: PreTrainedTokenizerBase, texts: list
     """Tokens of each rendered prompt plus the longest answer: what training cuts at model.max_length."""
     longest = max(len(ids) for ids in label_responses(config, tokenizer).values())
     return [len(ids) + longest for ids in prompt_ids(tokenizer, prompt_messages(config.task.causal_lm, texts))]
+
+
+def instruction_token_counts(config: Config, tokenizer: PreTrainedTokenizerBase, frame: pd.DataFrame) -> list[int]:
+    """Tokens of each instruction's rendered conversation and response: what training cuts at model.max_length."""
+    prompts = prompt_ids(tokenizer, conversations(config.task.causal_lm, frame))
+    return [len(p) + len(a) for p, a in zip(prompts, answer_ids(config, tokenizer, frame))]
 
 
 @torch.inference_mode()
@@ -188,21 +225,20 @@ def pair_metrics(candidate: dict[str, dict], base: dict[str, dict]) -> dict[str,
     return metrics
 
 
-def evaluate(config: Config, model_dir: Path, test_frame: pd.DataFrame, report_dir: Path) -> EvaluationReport:
-    """The generated and the scored label on (a stratified subset of) the test split, the pair suites; the report."""
+def rows_subset(frame: pd.DataFrame, rows: int | None) -> pd.DataFrame:
+    """`rows` rows of a split (null: all): stratified by label in a table, at random (seed 0) in instructions."""
+    return lm_scoring.stratified_subset(frame, rows, LABEL if LABEL in frame else None).reset_index(drop=True)
+
+
+Lap = Callable[[str], None]   # records the seconds since the last lap under a part's name
+
+
+def label_suite(config: Config, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, frame: pd.DataFrame,
+                lap: Lap) -> tuple[dict[str, float], dict[str, Any]]:
+    """A table's rows: the generated label (greedy, parsed), the label scored highest, its identity groups."""
     settings, batch_size = config.task.causal_lm, config.evaluate.batch_size
-    seconds: dict[str, float] = {}
-    started = time.perf_counter()
-
-    def lap(part: str) -> None:
-        nonlocal started
-        seconds[part], started = round(time.perf_counter() - started, 2), time.perf_counter()
-
-    model, tokenizer = load_causal_lm(model_dir), ensure_pad_token(load_tokenizer(model_dir))
-    frame = lm_scoring.stratified_subset(test_frame, settings.eval_rows, LABEL).reset_index(drop=True)
     labels = frame[LABEL].to_numpy()
-    prompts = prompt_ids(tokenizer, prompt_messages(settings, frame[TEXT].tolist()))
-    lap("load")
+    prompts = prompt_ids(tokenizer, conversations(settings, frame))
     generated = parse_labels(generate(model, tokenizer, prompts, settings.max_new_tokens, batch_size),
                              config.data.labels)
     metrics = {"test_accuracy": float((generated == labels).mean()),
@@ -213,6 +249,49 @@ def evaluate(config: Config, model_dir: Path, test_frame: pd.DataFrame, report_d
     groups = group_suite(config, frame, probs)
     metrics |= model_bias.group_summary_metrics(groups)
     lap("score_labels")
+    return metrics, {
+        "task": {"rows": len(frame), "labels": config.data.labels,
+                 "confusion_matrix": confusion_matrix(labels, generated, labels=config.data.label_values).tolist(),
+                 "scored_confusion_matrix": confusion_matrix(labels, probs.argmax(axis=1),
+                                                             labels=config.data.label_values).tolist()},
+        "groups": {"min_rows": config.audit.bias.min_slice_rows, "categories": [g.as_dict() for g in groups]}}
+
+
+def response_suite(config: Config, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, frame: pd.DataFrame,
+                   lap: Lap) -> tuple[dict[str, float], dict[str, Any]]:
+    """Free-form responses: the loss per response token given the prompt (the assistant's turn as trained, its
+    end-of-turn tokens included), its perplexity, and the ROUGE-L of greedy generations against the references."""
+    settings, batch_size = config.task.causal_lm, config.evaluate.batch_size
+    prompts, answers = prompt_ids(tokenizer, conversations(settings, frame)), answer_ids(config, tokenizer, frame)
+    logprobs = lm_scoring.continuation_logprobs(model, prompts, answers, tokenizer.pad_token_id, batch_size)
+    tokens = sum(len(a) for a in answers)
+    loss = float(-logprobs.sum() / tokens)
+    lap("score_responses")
+    generated = generate(model, tokenizer, prompts, settings.max_new_tokens, batch_size)
+    references = frame[RESPONSE].tolist()
+    rouge = load_metric("rouge_l").compute(predictions=generated, references=references)["rouge_l"]
+    lap("generate")
+    samples = [{"prompt": conversation[-1]["content"], "reference": reference, "generated": text}
+               for conversation, reference, text in zip(frame[MESSAGES], references, generated)][:SAMPLES]
+    return ({"test_loss": loss, "test_perplexity": math.exp(loss), "test_rouge_l": rouge},
+            {"task": {"rows": len(frame), "response_tokens": tokens, "samples": samples}})
+
+
+def evaluate(config: Config, model_dir: Path, test_frame: pd.DataFrame, report_dir: Path) -> EvaluationReport:
+    """The task suite on (a subset of) the test split (labels of a table, or free-form responses), the pair
+    suites; the report."""
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+
+    def lap(part: str) -> None:
+        nonlocal started
+        seconds[part], started = round(time.perf_counter() - started, 2), time.perf_counter()
+
+    model, tokenizer = load_causal_lm(model_dir), ensure_pad_token(load_tokenizer(model_dir))
+    frame = rows_subset(test_frame, config.task.causal_lm.eval_rows)
+    lap("load")
+    suite = response_suite if RESPONSE in frame else label_suite
+    metrics, details = suite(config, model, tokenizer, frame, lap)
     base = base_pair_suites(config)
     lap("pairs_base")
     # the base model itself (a benchmark's reference row) is scored once
@@ -221,13 +300,8 @@ def evaluate(config: Config, model_dir: Path, test_frame: pd.DataFrame, report_d
     candidate = base if is_base else pair_suites(config, model, tokenizer)
     lap("pairs")
     metrics |= pair_metrics(candidate, base)
-    details: dict[str, Any] = {
-        "model": str(model_dir), "base_model": config.model.base,
-        "task": {"rows": len(frame), "labels": config.data.labels,
-                 "confusion_matrix": confusion_matrix(labels, generated, labels=config.data.label_values).tolist(),
-                 "scored_confusion_matrix": confusion_matrix(labels, probs.argmax(axis=1),
-                                                             labels=config.data.label_values).tolist()},
-        "groups": {"min_rows": config.audit.bias.min_slice_rows, "categories": [g.as_dict() for g in groups]},
+    details = {
+        "model": str(model_dir), "base_model": config.model.base, **details,
         "general": {"blimp": {"kind": "minimal_pairs", "score": "accuracy", "base": base["blimp"]["accuracy"],
                               "candidate": candidate["blimp"]["accuracy"]}} if "blimp" in candidate else {},
         "pairs": {"base": base, "candidate": candidate},
@@ -246,7 +320,7 @@ def validation_metric_names(config: Config) -> list[str]:
 
 
 def validation_rows(config: Config, frame: pd.DataFrame) -> pd.DataFrame:
-    return lm_scoring.stratified_subset(frame, config.task.causal_lm.validation_rows, LABEL)
+    return rows_subset(frame, config.task.causal_lm.validation_rows)
 
 
 TASK = TaskType(peft_task_type=PeftTaskType.CAUSAL_LM, load_base=load_base, dataset=dataset, collator=collator,
