@@ -3,7 +3,8 @@
 Each check in params.yaml (`audit.checks`, `audit.bias`) is one built-in expectation, run on one of three
 tables per file: its rows (with columns that pandas and the tokenizer derive: token counts, labels per
 text, presence in the training file), its classes, and its identity slices. A failed `error` check stops
-the run; a failed `warning` is reported and the run goes on.
+the run; a failed `warning` is reported and the run goes on. Instructions (data.format instructions) have
+rows only: their prompts and responses, blank, too long once rendered, duplicated or leaked.
 """
 from __future__ import annotations
 
@@ -24,13 +25,16 @@ from great_expectations.validator.exception_info import ExceptionInfo
 from pipeline import bias
 from pipeline.audit_report import AuditReport, CheckResult, FileAudit, write_report
 from pipeline.config import Check, Config
-from pipeline.data import read_table
+from pipeline.data import MESSAGES, RESPONSE, read_instructions, read_table
 from pipeline.errors import AuditFailed
 from pipeline.modeling import PreTrainedTokenizerBase, base_model_dir, load_tokenizer
-from pipeline.tasks import task_type
+from pipeline.tasks import causal_lm, task_type
 
 # Columns the audit derives for its expectations.
 TOKENS, NORMALISED, LABELS_PER_TEXT, IN_TRAIN = "tokens", "normalised_text", "labels_per_text", "in_train"
+# An instruction's prompt as text: its conversation's turns but the system's (boilerplate shared by every row, which
+# would hide a blank or a leaked prompt), one per line.
+PROMPT = "prompt"
 INTEGER = r"^-?\d+$"
 EXAMPLES = 5   # rows quoted per failed row-level check
 
@@ -120,6 +124,17 @@ def row_table(config: Config, frame: pd.DataFrame, tokenizer: PreTrainedTokenize
     return table
 
 
+def instruction_table(config: Config, frame: pd.DataFrame, tokenizer: PreTrainedTokenizerBase) -> pd.DataFrame:
+    """Instructions' prompts and responses as text, with the derived columns."""
+    table = pd.DataFrame({PROMPT: ["\n".join(turn["content"] for turn in turns if turn["role"] != "system")
+                                   for turns in frame[MESSAGES]],
+                          RESPONSE: frame[RESPONSE].to_numpy()})
+    table[NORMALISED] = normalise(table[PROMPT])
+    # as training renders them: the conversation in the chat template, then the response
+    table[TOKENS] = causal_lm.instruction_token_counts(config, tokenizer, frame)
+    return table
+
+
 def mark_leaks(tables: dict[str, pd.DataFrame], train: str) -> None:
     """Add IN_TRAIN to every table but train's: is the row's normalised text one of train's?"""
     train_texts = set(tables[train][NORMALISED].dropna())
@@ -140,16 +155,68 @@ def column_specs(config: Config, table: pd.DataFrame, found_columns: list[str]) 
             for column, key in ((config.data.text_column, "text_column"), (config.data.label_column, "label_column"))]
 
 
+def _value(table: pd.DataFrame, column: str) -> Callable[[int], str]:
+    return lambda i: _clip(table[column].iloc[i])
+
+
+def text_specs(config: Config, table: pd.DataFrame, text: str) -> list[Spec]:
+    """The checks of a text column that a table and instructions share: its length in characters and, as trained,
+    in tokens; exact duplicates."""
+    checks, E, max_length = config.audit.checks, gx.expectations, config.model.max_length
+    chars, truncated, duplicates, value = checks.text_chars, checks.truncated, checks.duplicates, _value(table, text)
+
+    def too_long(r: dict[str, Any]) -> str:
+        found = _found(f"have more than {max_length} tokens and would be truncated", value)(r)
+        return f"{found}; the longest has {table[TOKENS].max()} tokens"
+
+    return [
+        Spec("text_chars", chars, text,
+             E.ExpectColumnValueLengthsToBeBetween(column=text, min_value=chars.min, max_value=chars.max),
+             f"{chars.min}-{chars.max} characters", observe=_count,
+             describe=_found(f"are shorter than {chars.min} or longer than {chars.max} characters", value)),
+        Spec("truncated", truncated, text,
+             E.ExpectColumnValuesToBeBetween(column=TOKENS, max_value=max_length, mostly=_mostly(truncated.max_share)),
+             f"<= {truncated.max_share:g} of rows over {max_length} tokens", observe=_share, describe=too_long),
+        Spec("duplicates", duplicates, text,
+             E.ExpectColumnValuesToBeUnique(column=text, mostly=_mostly(duplicates.max_share)),
+             f"<= {duplicates.max_share:g} of rows", observe=_share,
+             describe=_found("share their exact text with another row", value)),
+    ]
+
+
+def leakage_specs(config: Config, table: pd.DataFrame, text: str) -> list[Spec]:
+    """Leakage, when the table has IN_TRAIN (a file audited beside train)."""
+    if IN_TRAIN not in table:
+        return []
+    leakage = config.audit.checks.leakage
+    return [Spec("leakage", leakage, text,
+                 gx.expectations.ExpectColumnValuesToBeInSet(column=IN_TRAIN, value_set=[False],
+                                                             mostly=_mostly(leakage.max_share)),
+                 f"<= {leakage.max_share:g} of rows", observe=_share,
+                 describe=_found("also appear in the training file (ignoring case and spacing)", _value(table, text)))]
+
+
+def not_blank_spec(config: Config, table: pd.DataFrame, column: str) -> Spec:
+    return Spec("text_not_blank", config.audit.checks.text_not_blank, column,
+                gx.expectations.ExpectColumnValuesToMatchRegex(column=column, regex=r"\S"), "0 rows", observe=_count,
+                describe=_found("are blank (whitespace only)", _value(table, column)))
+
+
+def instruction_specs(config: Config, table: pd.DataFrame) -> list[Spec]:
+    """Blank prompts and responses; the prompts' length, duplicates and leakage."""
+    return [not_blank_spec(config, table, PROMPT), not_blank_spec(config, table, RESPONSE),
+            *text_specs(config, table, PROMPT), *leakage_specs(config, table, PROMPT)]
+
+
 def content_specs(config: Config, table: pd.DataFrame) -> list[Spec]:
-    """Checks of the texts and labels; leakage only when the table has IN_TRAIN (a file audited beside train)."""
+    """Checks of the texts and labels, and their leakage."""
     data, checks, E = config.data, config.audit.checks, gx.expectations
-    text, label, max_length = data.text_column, data.label_column, config.model.max_length
+    text, label = data.text_column, data.label_column
     label_set = [str(value) for value in data.label_values]
-    chars, truncated, duplicates, conflicting = (checks.text_chars, checks.truncated, checks.duplicates,
-                                                 checks.conflicting_labels)
+    conflicting = checks.conflicting_labels
 
     def value(column: str) -> Callable[[int], str]:
-        return lambda i: _clip(table[column].iloc[i])
+        return _value(table, column)
 
     def text_and_label(i: int) -> str:
         return f"{_clip(table[text].iloc[i])} labelled {table[label].iloc[i]}"
@@ -159,47 +226,26 @@ def content_specs(config: Config, table: pd.DataFrame) -> list[Spec]:
             return f"column {text!r} has type {r['observed_value']}"
         return _found("are not text", value(text))(r)
 
-    def too_long(r: dict[str, Any]) -> str:
-        found = _found(f"have more than {max_length} tokens and would be truncated", value(text))(r)
-        return f"{found}; the longest has {table[TOKENS].max()} tokens"
-
-    specs = [
+    return [
         Spec("text_type", checks.text_type, text, E.ExpectColumnValuesToBeOfType(column=text, type_="str"), "text",
              observe=lambda r: r.get("observed_value", r.get("unexpected_count")), describe=text_type),
         *(Spec("not_null", checks.not_null, column, E.ExpectColumnValuesToNotBeNull(column=column), "0 rows",
                observe=_count, describe=_found("are empty", value(column))) for column in (text, label)),
-        Spec("text_not_blank", checks.text_not_blank, text, E.ExpectColumnValuesToMatchRegex(column=text, regex=r"\S"),
-             "0 rows", observe=_count, describe=_found("are blank (whitespace only)", value(text))),
+        not_blank_spec(config, table, text),
         Spec("label_type", checks.label_type, label, E.ExpectColumnValuesToMatchRegex(column=label, regex=INTEGER),
              "0 rows", observe=_count, describe=_found("are not integers", value(label))),
         Spec("label_in_set", checks.label_in_set, label,
              E.ExpectColumnValuesToBeInSet(column=label, value_set=label_set), "0 rows", observe=_count,
              describe=_found(f"are outside the label set {label_set}", value(label))),
-        Spec("text_chars", chars, text,
-             E.ExpectColumnValueLengthsToBeBetween(column=text, min_value=chars.min, max_value=chars.max),
-             f"{chars.min}-{chars.max} characters", observe=_count,
-             describe=_found(f"are shorter than {chars.min} or longer than {chars.max} characters", value(text))),
-        Spec("truncated", truncated, text,
-             E.ExpectColumnValuesToBeBetween(column=TOKENS, max_value=max_length, mostly=_mostly(truncated.max_share)),
-             f"<= {truncated.max_share:g} of rows over {max_length} tokens", observe=_share, describe=too_long),
-        Spec("duplicates", duplicates, text,
-             E.ExpectColumnValuesToBeUnique(column=text, mostly=_mostly(duplicates.max_share)),
-             f"<= {duplicates.max_share:g} of rows", observe=_share,
-             describe=_found("share their exact text with another row", value(text))),
+        *text_specs(config, table, text),
         Spec("conflicting_labels", conflicting, text,
              E.ExpectColumnValuesToBeBetween(column=LABELS_PER_TEXT, max_value=1,
                                              mostly=_mostly(conflicting.max_share)),
              f"<= {conflicting.max_share:g} of rows", observe=_share,
              describe=_found("share their text (ignoring case and spacing) with a row of another label",
                              text_and_label)),
+        *leakage_specs(config, table, text),
     ]
-    if IN_TRAIN in table:
-        specs.append(Spec("leakage", checks.leakage, text,
-                          E.ExpectColumnValuesToBeInSet(column=IN_TRAIN, value_set=[False],
-                                                        mostly=_mostly(checks.leakage.max_share)),
-                          f"<= {checks.leakage.max_share:g} of rows", observe=_share,
-                          describe=_found("also appear in the training file (ignoring case and spacing)", value(text))))
-    return specs
 
 
 def class_table(config: Config, labels: pd.Series) -> pd.DataFrame:
@@ -311,7 +357,11 @@ def _check_result(source: str, spec: Spec, result: ExpectationValidationResult) 
 
 
 def audit_table(config: Config, tools: Tools, source: str, frame: pd.DataFrame, table: pd.DataFrame) -> FileAudit:
-    """Schema checks of a file's row table; with both columns present, content, class and slice checks too."""
+    """Schema checks of a file's row table; with both columns present, content, class and slice checks too.
+    Instructions (their schema checked as they were read): the instruction checks."""
+    if config.data.format == "instructions":
+        return FileAudit(source, len(frame), validate(tools.batches, source, table, instruction_specs(config, table),
+                                                      EXAMPLES), None, None)
     specs = column_specs(config, table, list(frame.columns))
     if not has_text_and_label(config, table):
         return FileAudit(source, len(frame), validate(tools.batches, source, table, specs, EXAMPLES), None, None)
@@ -330,11 +380,13 @@ def audit_files(config: Config, sources: list[str], train: str | None, name: str
 
     With `train`, the other files are also checked for texts that appear in it (leakage).
     """
-    frames = {source: read_table(config.path(source)) for source in sources}
+    instructions = config.data.format == "instructions"
+    frames = {source: (read_instructions if instructions else read_table)(config.path(source)) for source in sources}
     lexicon = config.audit.bias.lexicon
     tools = Tools(batch_definition(), load_tokenizer(base_model_dir(config)),
                   bias.load_lexicon(config.path(lexicon) if lexicon else None))
-    tables = {source: row_table(config, frame, tools.tokenizer) for source, frame in frames.items()}
+    tables = {source: (instruction_table if instructions else row_table)(config, frame, tools.tokenizer)
+              for source, frame in frames.items()}
     if train is not None and NORMALISED in tables[train]:
         mark_leaks(tables, train)
     files = [audit_table(config, tools, source, frames[source], tables[source]) for source in sources]
