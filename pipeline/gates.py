@@ -8,7 +8,10 @@ from typing import Any, Iterable
 
 from pipeline.config import GatesConfig
 
-TASK_METRIC = "test_accuracy"
+# The task metric of each kind of data -> the gates section's floor for it, its gates' name and its name in words:
+# the accuracy of labels (a table), the ROUGE-L of free-form responses (data.format instructions). A run has one.
+TASK_METRICS = {"test_accuracy": ("min_accuracy", "accuracy", "accuracy"),
+                "test_rouge_l": ("min_rouge_l", "rouge_l", "ROUGE-L")}
 # Names pipeline.evaluation gives: forgetting_<benchmark> and <corpus>_<attribute>_gap.
 FORGETTING_PREFIX = "forgetting_"
 BIAS_GAP_SUFFIX = "_gap"
@@ -20,17 +23,27 @@ EARLIER_TASK = re.compile(r"^earlier_(?P<task>.+)_accuracy$")
 TASK_FORGETTING_PREFIX = "task_forgetting_"
 
 
+def task_metric(metrics: Iterable[str]) -> str:
+    """The task metric among these metric names: what the floor and the champion comparison read."""
+    names = set(metrics)
+    found = [name for name in TASK_METRICS if name in names]
+    if not found:
+        raise KeyError(f"no task metric ({' or '.join(TASK_METRICS)}) among the evaluation's metrics")
+    return found[0]
+
+
 def gated_metrics(names: Iterable[str]) -> list[str]:
     """Of these metric names, those a gate reads: the task metric, then forgetting, then bias gaps."""
     names = sorted(set(names))
-    task = [TASK_METRIC] if TASK_METRIC in names else []
+    task = [name for name in TASK_METRICS if name in names]
     return (task + [n for n in names if n.startswith(FORGETTING_PREFIX)]
             + [n for n in names if n.endswith(BIAS_GAP_SUFFIX)])
 
 
 @dataclass(frozen=True)
 class Gate:
-    name: str                 # what is checked: accuracy_floor, accuracy_vs_champion, a forgetting or gap metric
+    name: str                 # what is checked: accuracy_floor (rouge_l_floor), accuracy_vs_champion, a forgetting
+                              # or gap metric
     value: float | None       # the candidate's number; None where nothing was measured
     threshold: float | None   # the number the value was held against; None where not gated
     baseline: float | None    # the champion's number for the same metric, measured on the candidate's data
@@ -57,18 +70,21 @@ class Decision:
                 "gates": [dataclasses.asdict(gate) for gate in self.gates]}
 
 
-def _task_gates(accuracy: float, champion: dict[str, float] | None, gates: GatesConfig) -> list[Gate]:
-    baseline = champion.get(TASK_METRIC) if champion else None
-    ok = accuracy >= gates.min_accuracy
-    floor = Gate("accuracy_floor", accuracy, gates.min_accuracy, baseline, ok,
-                 f"accuracy {accuracy:.4f} {'≥' if ok else '<'} floor {gates.min_accuracy:.4f}")
+def _task_gates(candidate: dict[str, float], champion: dict[str, float] | None, gates: GatesConfig) -> list[Gate]:
+    metric = task_metric(candidate)
+    key, name, words = TASK_METRICS[metric]
+    value, minimum = candidate[metric], getattr(gates, key)
+    baseline = champion.get(metric) if champion else None
+    ok = value >= minimum
+    floor = Gate(f"{name}_floor", value, minimum, baseline, ok,
+                 f"{words} {value:.4f} {'≥' if ok else '<'} floor {minimum:.4f}")
     if baseline is None:
-        return [floor, Gate("accuracy_vs_champion", accuracy, None, None, None, "no current champion")]
+        return [floor, Gate(f"{name}_vs_champion", value, None, None, None, "no current champion")]
     threshold = baseline - gates.champion_tolerance
-    ok = accuracy >= threshold
+    ok = value >= threshold
     tolerance = f" − tolerance {gates.champion_tolerance}" if gates.champion_tolerance else ""
-    return [floor, Gate("accuracy_vs_champion", accuracy, threshold, baseline, ok,
-                        f"accuracy {accuracy:.4f} {'≥' if ok else '<'} champion's {baseline:.4f}{tolerance}")]
+    return [floor, Gate(f"{name}_vs_champion", value, threshold, baseline, ok,
+                        f"{words} {value:.4f} {'≥' if ok else '<'} champion's {baseline:.4f}{tolerance}")]
 
 
 def _at_most(candidate: dict[str, float], champion: dict[str, float] | None, names: list[str],
@@ -107,7 +123,7 @@ def decide(candidate: dict[str, float], champion: dict[str, float] | None, gates
     """champion: the champion's metrics measured on the candidate's data version (None: no champion)."""
     gated = gated_metrics(candidate)
     outcomes = [
-        *_task_gates(candidate[TASK_METRIC], champion, gates),
+        *_task_gates(candidate, champion, gates),
         *_at_most(candidate, champion, [n for n in gated if n.startswith(FORGETTING_PREFIX)], gates.max_forgetting,
                   "forgetting", "gates.max_forgetting"),
         *_at_most(candidate, champion, [n for n in gated if n.endswith(BIAS_GAP_SUFFIX)], gates.max_bias_gap,

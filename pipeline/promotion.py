@@ -85,7 +85,7 @@ def promote_best(config: Config, candidates: list[RegisteredVersion], data_versi
             baseline = measure_champion(config, current, data_version, test_frame, report_dir)
         decisions = [gates.decide(c.metrics, baseline.metrics if baseline else None, config.gates) for c in candidates]
         passing = [i for i, decision in enumerate(decisions) if decision.promote]
-        best = max(passing, key=lambda i: candidates[i].metrics[gates.TASK_METRIC], default=None)
+        best = max(passing, key=lambda i: candidates[i].metrics[gates.task_metric(candidates[i].metrics)], default=None)
         promotions = []
         for i, (candidate, decision) in enumerate(zip(candidates, decisions)):
             alias = CHAMPION if i == best else CHALLENGER

@@ -2,9 +2,9 @@ from pipeline.config import GatesConfig, PromotionLockConfig
 from pipeline.gates import Gate, decide, gated_metrics
 
 LOCK = PromotionLockConfig(lease_s=600, wait_s=1200, poll_s=2)
-GATES = GatesConfig(min_accuracy=0.85, champion_tolerance=0.0, max_forgetting=None, max_bias_gap=None,
+GATES = GatesConfig(min_accuracy=0.85, min_rouge_l=0.3, champion_tolerance=0.0, max_forgetting=None, max_bias_gap=None,
                     max_task_forgetting=None, lock=LOCK)
-WITH_ALL = GatesConfig(min_accuracy=0.85, champion_tolerance=0.0, max_forgetting=0.05, max_bias_gap=0.02,
+WITH_ALL = GatesConfig(min_accuracy=0.85, min_rouge_l=0.3, champion_tolerance=0.0, max_forgetting=0.05, max_bias_gap=0.02,
                        max_task_forgetting=None, lock=LOCK)
 GOOD = {"test_accuracy": 0.9, "forgetting_stsb": 0.01, "eec_gender_gap": 0.005, "eec_race_gap": 0.01,
         "eec_race_p_value": 0.2, "retained_stsb": 0.99}
@@ -32,7 +32,7 @@ def test_candidate_must_match_the_champion():
 
 
 def test_tolerance_lets_a_slightly_worse_candidate_through():
-    gates = GatesConfig(min_accuracy=0.85, champion_tolerance=0.02, max_forgetting=None, max_bias_gap=None,
+    gates = GatesConfig(min_accuracy=0.85, min_rouge_l=0.3, champion_tolerance=0.02, max_forgetting=None, max_bias_gap=None,
                         max_task_forgetting=None, lock=LOCK)
     decision = decide({"test_accuracy": 0.86}, {"test_accuracy": 0.87}, gates)
     assert decision.promote
@@ -67,7 +67,7 @@ def test_gated_metrics_are_the_task_metric_then_forgetting_then_gaps():
 
 def test_each_gate_has_its_value_threshold_baseline_and_outcome_in_the_record():
     champion = {"test_accuracy": 0.88, "forgetting_stsb": 0.02, "eec_gender_gap": 0.001, "eec_race_gap": 0.004}
-    tolerant = GatesConfig(min_accuracy=0.85, champion_tolerance=0.01, max_forgetting=0.05, max_bias_gap=0.02,
+    tolerant = GatesConfig(min_accuracy=0.85, min_rouge_l=0.3, champion_tolerance=0.01, max_forgetting=0.05, max_bias_gap=0.02,
                            max_task_forgetting=None, lock=LOCK)
     decision = decide({**GOOD, "test_accuracy": 0.86}, champion, tolerant)
     assert decision.gates[:3] == [
