@@ -17,6 +17,8 @@ import mlflow
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.types.schema import Array, ColSpec, Object, Property, Schema
 
 from pipeline import lineage
 from pipeline.config import Config
@@ -91,8 +93,9 @@ class TextClassifier(mlflow.pyfunc.PythonModel):
 
 
 class TextGenerator(mlflow.pyfunc.PythonModel):
-    """pyfunc wrapper of a causal LM: prompts in (each the user's turn of a chat, after the system prompt it
-    was trained with), the generated answers out."""
+    """pyfunc wrapper of a causal LM: per row a `prompt` (the user's turn of a chat) or `messages` (a chat, a list
+    of {"role", "content"} turns, the assistant's answer to come); the system prompt it was trained with leads a
+    chat without one. The generated answers out."""
 
     def load_context(self, context) -> None:
         from pipeline.modeling import load_causal_lm, load_tokenizer
@@ -105,30 +108,55 @@ class TextGenerator(mlflow.pyfunc.PythonModel):
         self.max_new_tokens = int(context.model_config.get("max_new_tokens", 32))
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        from pipeline.tasks.causal_lm import chat, generate, prompt_ids
+        from pipeline.tasks.causal_lm import chat, generate, prompt_ids, with_system
 
-        conversations = [chat(self.system_prompt, str(prompt)) for prompt in model_input.iloc[:, 0]]
+        def conversation(row: pd.Series) -> list[dict[str, str]]:
+            turns = row.get(CHAT_COLUMN)
+            if isinstance(turns, str) or not hasattr(turns, "__len__"):   # no chat in this row (None, NaN)
+                return chat(self.system_prompt, str(row[PROMPT_COLUMN]))
+            return with_system(self.system_prompt, [{"role": t["role"], "content": t["content"]} for t in turns])
+
+        conversations = [conversation(row) for _, row in model_input.iterrows()]
         answers = generate(self.model, self.tokenizer, prompt_ids(self.tokenizer, conversations), self.max_new_tokens,
                            batch_size=16)
         return pd.DataFrame({"response": answers})
 
 
 EXAMPLE_TEXTS = ["a gripping, beautifully acted film", "dull and far too long"]
+PROMPT_COLUMN, CHAT_COLUMN = "prompt", "messages"   # a causal LM's input columns: a row fills one
+# a column of strings or one of chats: every row names its column (a bare list of strings would lose its column)
+GENERATOR_SIGNATURE = ModelSignature(
+    inputs=Schema([ColSpec("string", PROMPT_COLUMN, required=False),
+                   ColSpec(Array(Object([Property("role", "string"), Property("content", "string")])), CHAT_COLUMN,
+                           required=False)]),
+    outputs=Schema([ColSpec("string", "response")]))
 
 
-def _classifier_serving(config: Config) -> tuple[list[str], dict[str, Any]]:
-    return EXAMPLE_TEXTS, {"max_length": config.model.max_length}
+@dataclass(frozen=True)
+class Serving:
+    example: list[str] | pd.DataFrame
+    model_config: dict[str, Any]
+    signature: ModelSignature | None   # None: inferred from the example
 
 
-def _generator_serving(config: Config) -> tuple[list[str], dict[str, Any]]:
+def _classifier_serving(config: Config) -> Serving:
+    return Serving(EXAMPLE_TEXTS, {"max_length": config.model.max_length}, None)
+
+
+def _generator_serving(config: Config) -> Serving:
+    """Prompts the template makes of the example texts (a table's task), or chats of them (instructions)."""
     settings = config.task.causal_lm
-    return ([settings.prompt_template.format(text=text) for text in EXAMPLE_TEXTS],
-            {"system_prompt": settings.system_prompt, "max_new_tokens": settings.max_new_tokens})
+    if config.data.format == "instructions":
+        example = pd.DataFrame({CHAT_COLUMN: [[{"role": "user", "content": text}] for text in EXAMPLE_TEXTS]})
+    else:
+        example = pd.DataFrame({PROMPT_COLUMN: [settings.prompt_template.format(text=text) for text in EXAMPLE_TEXTS]})
+    return Serving(example, {"system_prompt": settings.system_prompt, "max_new_tokens": settings.max_new_tokens},
+                   GENERATOR_SIGNATURE)
 
 
-# task.type -> the pyfunc that serves its models, and its (input example, model_config) from params.yaml:
-# raw texts for a classifier, prompts made by the template for an LM
-PYFUNCS: dict[str, tuple[type[mlflow.pyfunc.PythonModel], Callable[[Config], tuple[list[str], dict[str, Any]]]]] = {
+# task.type -> the pyfunc that serves its models, and how it is served (input example, model_config from params.yaml,
+# signature): raw texts for a classifier, prompts or chats for an LM
+PYFUNCS: dict[str, tuple[type[mlflow.pyfunc.PythonModel], Callable[[Config], Serving]]] = {
     "classification": (TextClassifier, _classifier_serving), "causal_lm": (TextGenerator, _generator_serving)}
 
 
@@ -227,15 +255,16 @@ def register_candidate(config: Config, candidate: Candidate) -> RegisteredVersio
             mlflow.log_dict(candidate.lineage, lineage.RECORD_ARTIFACT)
         for path, text in candidate.lineage_texts.items():
             mlflow.log_text(text, path)
-        pyfunc, serving = PYFUNCS[config.task.type]
-        example, model_config = serving(config)
+        pyfunc, serving_of = PYFUNCS[config.task.type]
+        serving = serving_of(config)
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=pyfunc(),
             artifacts={MODEL_ARTIFACT: str(candidate.model_dir)},
             code_paths=[str(PIPELINE_PACKAGE)],
-            model_config=model_config,
-            input_example=example,
+            model_config=serving.model_config,
+            input_example=serving.example,
+            signature=serving.signature,
             pip_requirements=SERVING_REQUIREMENTS + _base_model_requirements(candidate.model_dir),
         )
         version = mlflow.register_model(info.model_uri, config.registry.model_name, tags=tags)
