@@ -1,6 +1,7 @@
 """Shared fixtures: a throwaway, offline environment and a small real tunegate project in a temp dir."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -169,3 +170,59 @@ def scratch_database(prefix: str) -> Iterator[str]:
         yield database
     finally:
         _postgres(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+
+
+# --- the causal LM: a tiny Llama with SmolLM2's real tokenizer and chat template ---------------------------------
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    from pipeline.modeling import gguf_file
+
+    source = gguf_file("smollm2-135m-instruct")
+    return AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+
+
+def tiny_llama(tokenizer, directory: Path, zero: bool = False) -> Path:
+    """A 2-layer Llama of width 16 over SmolLM2's vocabulary, saved with the tokenizer; zero: all weights 0."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
+                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    model = LlamaForCausalLM(config)
+    if zero:
+        with torch.no_grad():
+            for param in model.parameters():
+                param.zero_()
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tokenizer, tmp_path_factory) -> Path:
+    return tiny_llama(tokenizer, tmp_path_factory.mktemp("tiny-llama"))
+
+
+def lm_config(project_dir: Path, model_dir: Path, data: dict | None = None, **overrides: object):
+    """The repo's params with task.type causal_lm on the tiny model, shrunk: 4 steps, small benchmark subsets;
+    `data`: changes to the data section (which overrides may not touch: DVC versions it)."""
+    from pipeline.config import load_config
+
+    params = small_params(data=data or {})
+    params["task"]["type"] = "causal_lm"
+    project_dir.mkdir(parents=True, exist_ok=True)
+    (project_dir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    settings = {"model.base": str(model_dir), "model.max_length": 96, "train.layers.freeze_lowest": 1, "train.epochs": 1,
+                "train.batch_size": 8, "train.eval_steps": 4, "train.save_steps": 4, "train.logging_steps": 4,
+                "train.precision": "fp32", "task.causal_lm.eval_rows": 16, "task.causal_lm.validation_rows": 8,
+                "task.causal_lm.blimp": {"path": str(REPO / "data/raw/blimp/blimp-100.jsonl"), "pairs": 67},
+                "task.causal_lm.crows_pairs": {"path": str(REPO / "data/raw/crows-pairs/crows_pairs_anonymized.csv"),
+                                               "pairs": 18},
+                "evaluate.base_cache_dir": str(project_dir / "cache"), **overrides}
+    return load_config(project_dir, [f"{key}={json.dumps(value)}" for key, value in settings.items()])

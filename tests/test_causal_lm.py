@@ -3,7 +3,6 @@ prompt masking against a hand-built example, the log-probability scorer on a han
 and CrowS-Pairs scoring, a few training steps of every method, evaluation, and the pyfunc round trip."""
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -12,71 +11,25 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from pipeline import lm_scoring, registry
 from pipeline.audit import audit_raw_data
-from pipeline.config import METHODS, Config, load_config
+from pipeline.config import METHODS, Config
 from pipeline.errors import DataError
-from pipeline.modeling import ADAPTER_CONFIG, gguf_file, load_causal_lm, load_tokenizer
+from pipeline.modeling import ADAPTER_CONFIG, load_causal_lm, load_tokenizer
 from pipeline.split import LABEL, TEXT
 from pipeline.tasks import causal_lm, evaluate_model
 from pipeline.training import train_model
-from tests.conftest import REPO, small_params
+from tests.conftest import REPO, lm_config, tiny_llama
 
 SYSTEM = "You label the sentiment of movie reviews as positive or negative."
 TRAINABLE_METHODS = [m for m in METHODS if m != "qlora"]   # qlora needs CUDA (tests/test_training.py: its refusal)
-
-
-@pytest.fixture(scope="session")
-def tokenizer():
-    source = gguf_file("smollm2-135m-instruct")
-    return AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
-
-
-def tiny_llama(tokenizer, directory: Path, zero: bool = False) -> Path:
-    """A 2-layer Llama of width 16 over SmolLM2's vocabulary, saved with the tokenizer; zero: all weights 0."""
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
-                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    model = LlamaForCausalLM(config)
-    if zero:
-        with torch.no_grad():
-            for param in model.parameters():
-                param.zero_()
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
-
-
-@pytest.fixture(scope="session")
-def tiny_dir(tokenizer, tmp_path_factory) -> Path:
-    return tiny_llama(tokenizer, tmp_path_factory.mktemp("tiny-llama"))
 
 
 def sst2_rows(name: str, rows: int) -> pd.DataFrame:
     frame = pd.read_csv(REPO / "data/raw/sst2" / f"{name}.tsv", sep="\t", keep_default_na=False, dtype=str)
     frame = frame.groupby("label", group_keys=False).head(rows // 2)
     return pd.DataFrame({TEXT: frame["sentence"], LABEL: frame["label"].astype(int)}).reset_index(drop=True)
-
-
-def lm_config(project_dir: Path, model_dir: Path, **overrides: object) -> Config:
-    """The repo's params with task.type causal_lm on the tiny model, shrunk: 4 steps, small benchmark subsets."""
-    params = small_params()
-    params["task"]["type"] = "causal_lm"
-    project_dir.mkdir(parents=True, exist_ok=True)
-    (project_dir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    settings = {"model.base": str(model_dir), "model.max_length": 96, "train.layers.freeze_lowest": 1, "train.epochs": 1, "train.batch_size": 8,
-                "train.eval_steps": 4, "train.save_steps": 4, "train.logging_steps": 4, "train.precision": "fp32",
-                "task.causal_lm.eval_rows": 16, "task.causal_lm.validation_rows": 8,
-                "task.causal_lm.blimp": {"path": str(REPO / "data/raw/blimp/blimp-100.jsonl"), "pairs": 67},
-                "task.causal_lm.crows_pairs": {"path": str(REPO / "data/raw/crows-pairs/crows_pairs_anonymized.csv"),
-                                               "pairs": 18},
-                "evaluate.base_cache_dir": str(project_dir / "cache"), **overrides}
-    return load_config(project_dir, [f"{key}={json.dumps(value)}" for key, value in settings.items()])
 
 
 # --- prompts and masking ------------------------------------------------------------------------------------
@@ -229,7 +182,7 @@ def test_the_registered_pyfunc_generates_text_from_prompts(trained_methods, tmp_
                                    tags={"method": "lora"}, artifacts=[])
     version = registry.register_candidate(config, candidate)
     model = mlflow.pyfunc.load_model(f"models:/{version.name}/{version.version}")
-    answers = model.predict(["Review: a gripping film\nSentiment:", "Review: dull\nSentiment:"])
+    answers = model.predict(pd.DataFrame({"prompt": ["Review: a gripping film\nSentiment:", "Review: dull\nSentiment:"]}))
     assert list(answers.columns) == ["response"] and len(answers) == 2
     assert all(isinstance(text, str) for text in answers["response"])
     # the served model is the trained one: same greedy answers as generating from its directory
