@@ -385,13 +385,6 @@ class Config(Section):
     project_dir: Path = Field(default=Path("."), exclude=True)
 
     @model_validator(mode="after")
-    def _instructions_need_a_language_model(self) -> Config:
-        if self.data.format == "instructions" and self.task.type != "causal_lm":
-            raise ValueError("data.format instructions (prompts and responses) needs task.type causal_lm; "
-                             "a classifier trains on a table of texts and labels (data.format table)")
-        return self
-
-    @model_validator(mode="after")
     def _positive_label_is_a_label(self) -> Config:
         if self.audit.bias.positive_label not in self.data.labels:
             raise ValueError(f"audit.bias.positive_label must be one of data.labels "

@@ -110,13 +110,16 @@ class TextGenerator(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         from pipeline.tasks.causal_lm import chat, generate, prompt_ids, with_system
 
-        def conversation(row: pd.Series) -> list[dict[str, str]]:
-            turns = row.get(CHAT_COLUMN)
-            if isinstance(turns, str) or not hasattr(turns, "__len__"):   # no chat in this row (None, NaN)
-                return chat(self.system_prompt, str(row[PROMPT_COLUMN]))
-            return with_system(self.system_prompt, [{"role": t["role"], "content": t["content"]} for t in turns])
+        def conversation(number: int, row: pd.Series) -> list[dict[str, str]]:
+            turns, prompt = row.get(CHAT_COLUMN), row.get(PROMPT_COLUMN)
+            if pd.api.types.is_list_like(turns):   # a chat; in a row without one MLflow puts None
+                return with_system(self.system_prompt, [{"role": t["role"], "content": t["content"]} for t in turns])
+            if isinstance(prompt, str):
+                return chat(self.system_prompt, prompt)
+            raise ValueError(f"input row {number} has neither a {PROMPT_COLUMN!r} (text) nor {CHAT_COLUMN!r} "
+                             f"(a list of role and content turns)")
 
-        conversations = [conversation(row) for _, row in model_input.iterrows()]
+        conversations = [conversation(number, row) for number, (_, row) in enumerate(model_input.iterrows(), start=1)]
         answers = generate(self.model, self.tokenizer, prompt_ids(self.tokenizer, conversations), self.max_new_tokens,
                            batch_size=16)
         return pd.DataFrame({"response": answers})

@@ -16,12 +16,12 @@ from pipeline import registry
 from pipeline.audit import audit_raw_data
 from pipeline.config import GatesConfig, PromotionLockConfig
 from pipeline.data import MESSAGES, RESPONSE, read_instructions
-from pipeline.errors import AuditFailed, DataError
+from pipeline.errors import AuditFailed, ConfigError, DataError
 from pipeline.evaluation import load_metric
 from pipeline.gates import decide
 from pipeline.modeling import load_causal_lm, load_tokenizer
 from pipeline.split import make_splits, read_split, write_splits
-from pipeline.tasks import causal_lm, evaluate_model
+from pipeline.tasks import causal_lm, evaluate_model, task_type
 from tests.conftest import REPO, lm_config, tiny_llama
 
 SYSTEM = "You rewrite sentences in other words, keeping their meaning."
@@ -99,6 +99,12 @@ def test_the_audit_checks_rendered_prompts_and_responses(tiny_dir, tmp_path):
     tokens = causal_lm.instruction_token_counts(config, load_tokenizer(tiny_dir), read_instructions(train))
     assert checks["train.jsonl", "truncated"].observed == pytest.approx(sum(t > 40 for t in tokens) / 13)
     assert checks["test.jsonl", "leakage"].observed == 0.5 and not checks["test.jsonl", "leakage"].passed
+
+
+def test_a_classifier_refuses_instructions(tiny_dir, tmp_path):
+    config = instructions_config(tmp_path, tiny_dir, BUNDLED / "train.jsonl", **{"task.type": "classification"})
+    with pytest.raises(ConfigError, match="needs task.type causal_lm"):
+        task_type(config)
 
 
 # --- split ------------------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.config import Config
+from pipeline.errors import ConfigError
 from pipeline.evaluation import EvaluationReport
 from pipeline.methods import BaseModel
 from pipeline.modeling import base_model_dir
@@ -22,6 +23,10 @@ TASK_TYPES: dict[str, TaskType] = {"classification": classification.TASK, "causa
 
 
 def task_type(config: Config) -> TaskType:
+    # Checked here, not in the config: the split stage reads params.yaml alone, without a run's -S task.type.
+    if config.data.format == "instructions" and config.task.type != "causal_lm":
+        raise ConfigError("data.format instructions (prompts and responses) needs task.type causal_lm "
+                          "(-S task.type=causal_lm); a classifier trains on a table of texts and labels.")
     return TASK_TYPES[config.task.type]
 
 
