@@ -11,9 +11,9 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from pipeline.config import Config
 from pipeline.gates import BIAS_GAP_SUFFIX
+from pipeline.tasks import task_type
 
 TEMPLATE = Path(__file__).parent / "resources" / "model_card.md.j2"
-TASK_TYPE = "text-classification"
 TASK_METRIC_PREFIX = "test_"
 # The section of params.yaml's train that each method reads, as the comment on train.method says.
 METHOD_SECTIONS = {"full": "layers", "freeze": "layers", "lora": "lora", "dora": "lora", "qlora": "lora",
@@ -35,7 +35,7 @@ class CardInputs:
 
 def _eval_results(config: Config, inputs: CardInputs) -> list[EvalResult]:
     dataset = Path(config.data.test or config.data.train).parent.name or "data"
-    return [EvalResult(task_type=TASK_TYPE, dataset_type=dataset, dataset_name=dataset, dataset_split="test",
+    return [EvalResult(task_type=task_type(config).pipeline_tag, dataset_type=dataset, dataset_name=dataset, dataset_split="test",
                        dataset_revision=inputs.data_version, metric_type=name.removeprefix(TASK_METRIC_PREFIX),
                        metric_value=value)
             for name, value in _task_metrics(inputs.metrics).items()]
@@ -68,16 +68,18 @@ def build_card(config: Config, inputs: CardInputs) -> ModelCard:
     metrics = inputs.metrics
     task_metrics = _task_metrics(metrics)
     card_data = ModelCardData(
-        model_name=inputs.version, base_model=base, library_name="transformers", pipeline_tag=TASK_TYPE,
+        model_name=inputs.version, base_model=base, library_name="transformers",
+        pipeline_tag=task_type(config).pipeline_tag,
         datasets=sorted({Path(p).parent.name for p in (config.data.train, config.data.validation, config.data.test)
                          if p}),
         metrics=[name.removeprefix(TASK_METRIC_PREFIX) for name in task_metrics],
         eval_results=_eval_results(config, inputs) or None, tags=["tunegate", config.train.method])
     hardware = inputs.lineage.get("hardware", {})
+    summary, intended_use = task_type(config).purpose(config)
     return ModelCard.from_template(
         card_data, template_path=str(TEMPLATE),
         title=inputs.version, version=inputs.version, method=config.train.method, base=base, base_line=base_line,
-        labels=", ".join(config.data.labels.values()), train_file=config.data.train,
+        summary=summary, intended_use=intended_use,
         hyperparameters=_hyperparameters(config), seed=config.train.seed, epochs=config.train.epochs,
         precision=hardware.get("precision", "?"), hardware=hardware.get("name", "?"),
         params_hash=config.params_hash(), commit=inputs.lineage.get("code", {}).get("git_commit", "?"),

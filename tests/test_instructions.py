@@ -12,7 +12,7 @@ import mlflow
 import pandas as pd
 import pytest
 
-from pipeline import registry
+from pipeline import model_card, registry
 from pipeline.audit import audit_raw_data
 from pipeline.config import GatesConfig, PromotionLockConfig
 from pipeline.data import MESSAGES, RESPONSE, read_instructions
@@ -199,3 +199,20 @@ def test_the_registered_pyfunc_answers_chats_and_prompts(tiny_dir, tmp_path):
     assert answers["response"].tolist() == expected
     prompted = served.predict(pd.DataFrame({"prompt": ["Rewrite: a cat sat."]}))
     assert prompted["response"].tolist() == expected[:1]
+
+
+# --- model card ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("data_format, tag, says", [
+    ("instructions", "text-generation", "for instruction following (free-form responses)"),
+    ("table", "text-generation", "for a chat assistant that answers with a label (negative, positive)"),
+])
+def test_a_language_models_card_says_what_it_is_for(tiny_dir, tmp_path, data_format, tag, says):
+    data = ({"format": "instructions", "train": str(BUNDLED / "train.jsonl"), "validation": None, "test": None}
+            if data_format == "instructions" else {})
+    config = lm_config(tmp_path, tiny_dir, data=data)
+    card = model_card.build_card(config, model_card.CardInputs(
+        version="models:/lm/1", lineage={}, data_version="d1", split_rows={"train": 10}, metrics={"test_loss": 1.5},
+        evaluation={}, audit={"files": []}, decision={"alias": "challenger", "verdict": "hold", "gates": []}))
+    assert card.data.pipeline_tag == tag and card.data.eval_results[0].task_type == tag
+    assert says in card.text and "text classification" not in card.text

@@ -323,6 +323,18 @@ def validation_rows(config: Config, frame: pd.DataFrame) -> pd.DataFrame:
     return rows_subset(frame, config.task.causal_lm.validation_rows)
 
 
+def purpose(config: Config) -> tuple[str, str]:
+    if config.data.format == "instructions":
+        return ("instruction following (free-form responses)",
+                f"Answers chats and prompts like those of its training data (`{config.data.train}`) in the way "
+                f"its responses do.")
+    labels = ", ".join(config.data.labels.values())
+    return (f"a chat assistant that answers with a label ({labels})",
+            f"Answers the prompt `{config.task.causal_lm.prompt_template}` about English sentences like those of "
+            f"its training data (`{config.data.train}`) with one of {labels}.")
+
+
 TASK = TaskType(peft_task_type=PeftTaskType.CAUSAL_LM, load_base=load_base, dataset=dataset, collator=collator,
                 validation_metrics=validation_metrics, validation_metric_names=validation_metric_names,
-                validation_rows=validation_rows, token_counts=token_counts, evaluate=evaluate)
+                validation_rows=validation_rows, token_counts=token_counts, evaluate=evaluate,
+                pipeline_tag="text-generation", purpose=purpose)

@@ -44,7 +44,14 @@ def token_counts(config: Config, tokenizer: PreTrainedTokenizerBase, texts: list
     return count_tokens(tokenizer, texts)
 
 
+def purpose(config: Config) -> tuple[str, str]:
+    labels = ", ".join(config.data.labels.values())
+    return (f"text classification ({labels})",
+            f"Classifies English sentences like those of its training data (`{config.data.train}`) into {labels}.")
+
+
 TASK = TaskType(peft_task_type=PeftTaskType.SEQ_CLS, load_base=load_base, dataset=tokenize,
                 collator=DataCollatorWithPadding, validation_metrics=validation_metrics,
                 validation_metric_names=validation_metric_names, validation_rows=lambda config, frame: frame,
-                token_counts=token_counts, evaluate=evaluate_model)
+                token_counts=token_counts, evaluate=evaluate_model,
+                pipeline_tag="text-classification", purpose=purpose)

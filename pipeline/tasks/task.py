@@ -30,3 +30,6 @@ class TaskType:
     token_counts: Callable[[Config, PreTrainedTokenizerBase, list[str]], list[int]]
     # (config, model directory, test frame, report directory) -> every metric a gate reads
     evaluate: Callable[[Config, Path, pd.DataFrame, Path], EvaluationReport]
+    pipeline_tag: str                   # the Hugging Face pipeline a model card names
+    # config -> (what the model is for, its intended use): the model card's opening lines
+    purpose: Callable[[Config], tuple[str, str]]
