@@ -64,9 +64,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _models(project_dir: Path) -> str:
-    from pipeline import registry   # here, not at the top: MLflow takes seconds to import
-
     config = load_config(project_dir)
+    # here, not at the top: MLflow takes a second to import; after the config, so a bad params.yaml fails first
+    from pipeline import registry
+
     rows = registry.list_versions(config)
     if not rows:
         return f"No versions of {config.registry.model_name} registered yet: run `tunegate retrain`."
@@ -80,9 +81,9 @@ def _models(project_dir: Path) -> str:
 
 
 def _history(project_dir: Path) -> str:
+    config = load_config(project_dir)
     from pipeline import registry
 
-    config = load_config(project_dir)
     moves = registry.alias_history(config)
     if not moves:
         return f"No alias of {config.registry.model_name} has moved yet: run `tunegate retrain`."
@@ -102,11 +103,11 @@ def _moved(move) -> str:
 
 
 def _evaluate(project_dir: Path, model_uri: str) -> str:
-    from pipeline import registry
-    from pipeline.tasks import evaluate_model
-    from pipeline.split import read_split, split_paths
-
     config = load_config(project_dir)
+    from pipeline import registry
+    from pipeline.split import read_split, split_paths
+    from pipeline.tasks import evaluate_model
+
     model_dir = registry.download_model(config, model_uri) if model_uri.startswith("models:/") else Path(model_uri)
     test = split_paths(config).test
     if not test.is_file():
@@ -119,10 +120,11 @@ def _evaluate(project_dir: Path, model_uri: str) -> str:
 
 
 def _lineage(project_dir: Path, model_uri: str) -> str:
+    config = load_config(project_dir)
     from pipeline import registry
     from pipeline.lineage import format_tree
 
-    return format_tree(registry.lineage_chain(load_config(project_dir), model_uri))
+    return format_tree(registry.lineage_chain(config, model_uri))
 
 
 class _UserErrorsWithoutTraceback(logging.Filter):
@@ -188,9 +190,9 @@ def _run(args: argparse.Namespace) -> int:
         elif args.command == "models":
             print(_history(args.project_dir) if args.history else _models(args.project_dir))
         elif args.command in ("promote", "rollback"):
+            config = load_config(args.project_dir)
             from pipeline import promotion
 
-            config = load_config(args.project_dir)
             by = args.by or promotion.login_name()
             move = (promotion.override(config, args.model, args.reason, by) if args.command == "promote"
                     else promotion.rollback(config, args.reason, by))
@@ -200,18 +202,20 @@ def _run(args: argparse.Namespace) -> int:
         elif args.command == "lineage":
             print(_lineage(args.project_dir, args.model))
         elif args.command == "reproduce":
+            config = load_config(args.project_dir)
             from pipeline.reproduce import reproduce
 
-            reproduction = reproduce(load_config(args.project_dir), args.model)
+            reproduction = reproduce(config, args.model)
             print(reproduction)
             return 0 if reproduction.reproduced else 1
         elif args.command == "schema":
             print(json.dumps(json_schema(), indent=2))
         elif args.command == "audit":
+            config = load_config(args.project_dir)
             from pipeline.audit import audit_file
             from pipeline.audit_report import as_text
 
-            report = audit_file(load_config(args.project_dir), args.path.resolve())
+            report = audit_file(config, args.path.resolve())
             print(as_text(report))
             return 0 if report.passed else 1
     except TunegateError as exc:
