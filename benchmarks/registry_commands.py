@@ -1,13 +1,15 @@
-"""How long the commands that only read the registry take, each a fresh process as a user runs it.
+"""How long the commands that only read the registry take, each a fresh process as a user runs it:
+`tunegate models`, `tunegate models --history` and `tunegate lineage MODEL_URI`.
 
     python benchmarks/registry_commands.py                    # a scratch project with a few versions
-    python benchmarks/registry_commands.py --project-dir .    # this project's own registry
+    python benchmarks/registry_commands.py --project-dir .    # this project's own registry (after `make run`)
 
 Without --project-dir, a scratch project in a temp folder gets VERSIONS versions (the base model with a fresh
-head, registered and promoted; no training). Prints a table of seconds per command (best and median of
-REPEATS runs, wall clock and the process's CPU time, user + system: on a machine busy with other jobs the
-CPU time is what the command would take alone) and the modules each command imported that cost most, and
-writes it all to benchmarks/results/registry_commands.json. Target: each command under 3 s.
+head, registered and promoted; no training), each a warm start from the one before, so `lineage` of the
+champion follows a chain of VERSIONS records. Prints a table of seconds per command side by side with the
+target (best and median of REPEATS runs, wall clock and the process's CPU time, user + system: on a machine
+busy with other jobs the CPU time is what the command would take alone) and the modules each command imported
+that cost most, and writes it all to benchmarks/results/registry_commands.json.
 """
 from __future__ import annotations
 
@@ -26,21 +28,27 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 RESULT = PROJECT / "benchmarks/results/registry_commands.json"
-TARGET_S = 3.0
+TARGET_S = 3.0    # issue 9: each command answers within 3 s
 REPEATS = 5
 VERSIONS = 3
-COMMANDS = {"tunegate models": ["models"], "tunegate models --history": ["models", "--history"]}
+
+
+def commands(model_name: str) -> dict[str, list[str]]:
+    return {"tunegate models": ["models"], "tunegate models --history": ["models", "--history"],
+            "tunegate lineage @champion": ["lineage", f"models:/{model_name}@champion"]}
 
 
 def scratch_project(root: Path) -> Path:
-    """A project whose registry holds VERSIONS versions and their alias moves."""
+    """A project whose registry holds VERSIONS versions, each with a lineage record naming the one before as its
+    parent, and their alias moves."""
     import shutil
 
     import pipeline  # noqa: F401  (offline, quiet environment first)
-    from pipeline import registry
+    from pipeline import lineage, registry
     from pipeline.config import load_config
     from pipeline.modeling import load_classifier, load_tokenizer, resolve_model_path
     from pipeline.promotion import promote_candidate
+    from pipeline.versioning import DataVersion
 
     shutil.copy(PROJECT / "params.yaml", root / "params.yaml")
     config = load_config(root)
@@ -48,13 +56,17 @@ def scratch_project(root: Path) -> Path:
     model_dir = root / "model"
     load_classifier(base, config.data.labels).save_pretrained(model_dir)
     load_tokenizer(base).save_pretrained(model_dir)
+    data_version = DataVersion("benchmark", {}, {}, {})
+    parent = None
     for accuracy in [0.86 + i / 100 for i in range(VERSIONS)]:
+        record = lineage.build_record(config, lineage.git_state(root), data_version, "fp32", parent, None, {})
         candidate = registry.Candidate(model_dir=model_dir, params=config.as_dict(),
                                        metrics={"test_accuracy": accuracy}, tags={"data_version": "benchmark"},
-                                       artifacts=[])
+                                       artifacts=[], lineage=record)
         version = registry.register_candidate(config, candidate)
         # one data version: the champion's logged metrics are the baseline, no test split is read
         promote_candidate(config, version, "benchmark", None, root / "reports", "benchmark")
+        parent = version.uri
     return root
 
 
@@ -83,9 +95,12 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tunegate-registry-bench-") as scratch:
         project = args.project_dir.resolve() if args.project_dir else scratch_project(Path(scratch))
+        from pipeline.config import load_config
+
+        timed = commands(load_config(project).registry.model_name)
         load_before = os.getloadavg()
         timings, imports = {}, {}
-        for label, command in COMMANDS.items():
+        for label, command in timed.items():
             argv = ["--project-dir", str(project), *command]
             seconds, cpu_seconds = [], []
             for _ in range(REPEATS):
@@ -98,19 +113,21 @@ def main() -> int:
                               "best_cpu_s": round(min(cpu_seconds), 2),
                               "median_cpu_s": round(statistics.median(cpu_seconds), 2)}
             imports[label] = slowest_imports(argv)
-    width = max(len(label) for label in COMMANDS)
-    print(f"{'command':<{width}}  best_s  median_s  best_cpu_s  median_cpu_s  (target {TARGET_S:.0f} s)")
+    load_after = os.getloadavg()
+    width = max(len(label) for label in timed)
+    print(f"{'command':<{width}}  best_s  median_s  best_cpu_s  median_cpu_s  target_s  wall")
     for label, timing in timings.items():
         verdict = "met" if timing["median_s"] < TARGET_S else "MISSED"
         print(f"{label:<{width}}  {timing['best_s']:6.2f}  {timing['median_s']:8.2f}  {timing['best_cpu_s']:10.2f}  "
-              f"{timing['median_cpu_s']:12.2f}  {verdict}")
-        print("  slowest imports: " + ", ".join(f"{name} {s:.2f}" for name, s in imports[label]))
-    print(f"load average before/after: {load_before[0]:.2f} / {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+              f"{timing['median_cpu_s']:12.2f}  {TARGET_S:8.1f}  {verdict}")
+    for label in timed:
+        print(f"{label} slowest imports: " + ", ".join(f"{name} {s:.2f}" for name, s in imports[label]))
+    print(f"load average before/after: {load_before[0]:.2f} / {load_after[0]:.2f} on {os.cpu_count()} CPUs")
     RESULT.parent.mkdir(parents=True, exist_ok=True)
     RESULT.write_text(json.dumps({
         "project": "scratch" if args.project_dir is None else str(args.project_dir), "versions": VERSIONS,
         "repeats": REPEATS, "seconds": timings, "slowest_imports_s": imports, "target_s": TARGET_S,
-        "load_average_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
+        "load_average_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
         "cpus": os.cpu_count(), "python": platform.python_version()}, indent=2) + "\n")
     print(f"wrote {RESULT.relative_to(PROJECT)}")
     return 0
