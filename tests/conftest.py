@@ -3,9 +3,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
+import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -96,8 +100,6 @@ def make_project(root: Path, params: dict) -> Path:
 
 
 def _venv_path() -> str:
-    import sys
-
     return f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
 
 
@@ -169,3 +171,43 @@ def scratch_database(prefix: str) -> Iterator[str]:
         yield database
     finally:
         _postgres(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+
+
+MLFLOW_SERVER_START_S = 180    # a fresh database is migrated first
+
+
+@contextmanager
+def mlflow_server(database: str, workdir: Path) -> Iterator[str]:
+    """An MLflow tracking server on a database of the PostgreSQL server, on a free loopback port, its artifacts in
+    workdir/artifacts (a path its clients on this machine write to directly) and its log in workdir/server.log;
+    yields its URL and stops it afterwards."""
+    port = free_port()
+    log = workdir / "server.log"
+    with log.open("w") as output:
+        server = subprocess.Popen(
+            [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", f"{POSTGRES}/{database}",
+             "--default-artifact-root", str(workdir / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+             "--workers", "1"],
+            stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + MLFLOW_SERVER_START_S
+        while True:
+            try:
+                if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
+                    break
+            except OSError:
+                pass
+            if server.poll() is not None:
+                raise RuntimeError(f"The MLflow server exited: {log.read_text()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"The MLflow server did not answer within {MLFLOW_SERVER_START_S} s: {log}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=5)
+        except subprocess.TimeoutExpired:   # its workers wait for idle connections to close
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
