@@ -238,10 +238,27 @@ def register_candidate(config: Config, candidate: Candidate) -> RegisteredVersio
             input_example=example,
             pip_requirements=SERVING_REQUIREMENTS + _base_model_requirements(candidate.model_dir),
         )
-        version = mlflow.register_model(info.model_uri, config.registry.model_name, tags=tags)
+        with _registration_unannounced():
+            version = mlflow.register_model(info.model_uri, config.registry.model_name, tags=tags)
     client.update_model_version(version.name, version.version, description=_describe(candidate))
     return RegisteredVersion(version.name, str(version.version), run.info.run_id, candidate.metrics,
                              dict(candidate.tags))
+
+
+@contextmanager
+def _registration_unannounced() -> Iterator[None]:
+    """MLflow announces every registration on stderr ("Registered model 'x' already exists. Creating a new version
+    of this model...", "Created version '7'"), with print, not a logger that a level would turn down: its event
+    stream is muted for the call (what it warns of there concerns Databricks and logged-model tags). The flow
+    reports the version it registered."""
+    from mlflow.utils.logging_utils import MLFLOW_LOGGING_STREAM
+
+    enabled = MLFLOW_LOGGING_STREAM.enabled
+    MLFLOW_LOGGING_STREAM.enabled = False
+    try:
+        yield
+    finally:
+        MLFLOW_LOGGING_STREAM.enabled = enabled
 
 
 def _base_model_requirements(model_dir: Path) -> list[str]:

@@ -138,6 +138,20 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     return {"trained": trained.model_dir, "untrained": untrained}
 
 
+# What an operator reading a run's log file must not find there, and how it shows: progress bars, hints for a person at
+# a shell, transformers' load report of a new head, MLflow's announcement of each registration.
+LOG_CHATTER = {"carriage-return progress bars": "\r", "DVC's hint": "git add dvc.lock",
+               "transformers' load report": "MISSING", "MLflow's new-model notice": "Successfully registered model",
+               "MLflow's existing-model notice": "already exists. Creating a new version",
+               "MLflow's new-version notice": "Created version '"}
+
+
+def assert_operator_log(log: str, results: list[str]) -> None:
+    """The log holds each step's result (a text each line must contain) and none of the libraries' chatter."""
+    assert {what: shows for what, shows in LOG_CHATTER.items() if shows in log} == {}
+    assert [result for result in results if result not in log] == [], log[-5000:]
+
+
 def free_port() -> int:
     """A TCP port on the loopback interface that nothing listens on now."""
     with socket.socket() as probe:
