@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import re
 import socket
@@ -229,20 +230,41 @@ def register_candidate(config: Config, candidate: Candidate) -> RegisteredVersio
             mlflow.log_text(text, path)
         pyfunc, serving = PYFUNCS[config.task.type]
         example, model_config = serving(config)
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=pyfunc(),
-            artifacts={MODEL_ARTIFACT: str(candidate.model_dir)},
-            code_paths=[str(PIPELINE_PACKAGE)],
-            model_config=model_config,
-            input_example=example,
-            pip_requirements=SERVING_REQUIREMENTS + _base_model_requirements(candidate.model_dir),
-        )
+        with _pyfunc_notices_filtered():
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=pyfunc(),
+                artifacts={MODEL_ARTIFACT: str(candidate.model_dir)},
+                code_paths=[str(PIPELINE_PACKAGE)],
+                model_config=model_config,
+                input_example=example,
+                pip_requirements=SERVING_REQUIREMENTS + _base_model_requirements(candidate.model_dir),
+            )
         with _registration_unannounced():
             version = mlflow.register_model(info.model_uri, config.registry.model_name, tags=tags)
     client.update_model_version(version.name, version.version, description=_describe(candidate))
     return RegisteredVersion(version.name, str(version.version), run.info.run_id, candidate.metrics,
                              dict(candidate.tags))
+
+
+class _PyfuncNoticeFilter(logging.Filter):
+    # tunegate's own model class is pickled (a user's files never are) and its signature comes from the input example
+    NOTICES = ("serialized using CloudPickle", "Inferring model signature")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(notice in record.getMessage() for notice in self.NOTICES)
+
+
+@contextmanager
+def _pyfunc_notices_filtered() -> Iterator[None]:
+    """What MLflow says of every logged model, the same each time, is not for a run's log; its other warnings are."""
+    pyfunc_log = logging.getLogger("mlflow.pyfunc")
+    notices = _PyfuncNoticeFilter()
+    pyfunc_log.addFilter(notices)
+    try:
+        yield
+    finally:
+        pyfunc_log.removeFilter(notices)
 
 
 @contextmanager

@@ -139,9 +139,11 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
 
 
 # What an operator reading a run's log file must not find there, and how it shows: progress bars, hints for a person at
-# a shell, transformers' load report of a new head, MLflow's announcement of each registration.
+# a shell, transformers' load report of a new head, MLflow's notices on each logged model and registration.
 LOG_CHATTER = {"carriage-return progress bars": "\r", "DVC's hint": "git add dvc.lock",
-               "transformers' load report": "MISSING", "MLflow's new-model notice": "Successfully registered model",
+               "transformers' load report": "MISSING", "MLflow's pickling notice": "serialized using CloudPickle",
+               "MLflow's signature notice": "Inferring model signature",
+               "MLflow's new-model notice": "Successfully registered model",
                "MLflow's existing-model notice": "already exists. Creating a new version",
                "MLflow's new-version notice": "Created version '"}
 
