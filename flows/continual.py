@@ -34,6 +34,9 @@ class CandidateOutcome:
     alias: str
     reason: str
 
+    def __str__(self) -> str:
+        return f"version {self.version} ({' '.join(self.overrides) or 'params.yaml'}): {self.alias}: {self.reason}"
+
 
 @dataclass(frozen=True)
 class ContinualSummary:
@@ -52,10 +55,7 @@ class ContinualSummary:
             return "\n".join(lines)
         lines += [f"data version {self.data_version}", f"started from {self.parent}",
                   f"earlier tasks {', '.join(self.tasks)}", *(f"drift {line}" for line in self.drift)]
-        for candidate in self.candidates:
-            lines += [f"version {candidate.version} ({' '.join(candidate.overrides) or 'params.yaml'}): "
-                      f"{candidate.alias}: {candidate.reason}"]
-        return "\n".join(lines)
+        return "\n".join(lines + [str(candidate) for candidate in self.candidates])
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,9 @@ def train_candidate_task(config: Config, data_version: DataVersion, batch: str, 
 @task(name="evaluate-candidate", cache_policy=NO_CACHE)
 def evaluate_candidate_task(config: Config, trained: TrainResult, batch: str) -> EvaluationReport:
     report_dir = config.path(config.evaluate.report_dir) / trained.model_dir.parent.name
-    return evaluate_model(config, trained.model_dir, read_split(split_paths(config, batch).test), report_dir)
+    evaluation = evaluate_model(config, trained.model_dir, read_split(split_paths(config, batch).test), report_dir)
+    get_run_logger().info("evaluation report %s", evaluation.path)
+    return evaluation
 
 
 @task(name="promote-best", cache_policy=NO_CACHE)
@@ -198,6 +200,8 @@ def continual_step(project_dir: str = ".", overrides: list[str] | None = None) -
     outcomes = [CandidateOutcome(extra, version.version, {**version.metrics, **promoted.logged}, promoted.alias,
                                  promoted.move.reason if promoted.move else promoted.decision.summary)
                 for extra, version, promoted in zip(config.continual.candidates or [[]], versions, promotions)]
+    for outcome in outcomes:   # what a scheduled run, which prints no summary, tells whoever reads its log
+        logger.info("%s", outcome)
     baseline = promotions[0].baseline
     parent = champion.uri if warm_start else config.model.base
     return ContinualSummary(batch=batch.name, message=f"Batch {batch.name} learned.",

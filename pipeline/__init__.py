@@ -1,6 +1,7 @@
 """tunegate's library: typed configs and plain functions; no Prefect here."""
 import os
 import sys
+import warnings
 
 # Offline first and quiet: nothing phones home or downloads at run time. Set before the
 # libraries are imported, since they read these at import; a user's own values win.
@@ -9,6 +10,7 @@ for _name, _value in {
     "GX_ANALYTICS_ENABLED": "false",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",   # a command's output is its answer, not download bars
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",   # nor a tracking server's link to each run it ends
     "DVC_NO_ANALYTICS": "1",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "TOKENIZERS_PARALLELISM": "false",
@@ -23,3 +25,7 @@ for _name, _value in {
 # Trainer logs each logging_steps' loss instead (training.training_arguments); every tqdm reads this.
 if not sys.stderr.isatty():
     os.environ.setdefault("TQDM_DISABLE", "1")
+
+# peft 0.21 reads transformers 5's deprecated `is_gradient_checkpointing` on each model it wraps: a FutureWarning
+# in every adapter run's log that no user can act on.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)

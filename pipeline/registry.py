@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import re
 import socket
@@ -260,20 +261,58 @@ def register_candidate(config: Config, candidate: Candidate) -> RegisteredVersio
             mlflow.log_text(text, path)
         pyfunc, serving_of = PYFUNCS[config.task.type]
         serving = serving_of(config)
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=pyfunc(),
-            artifacts={MODEL_ARTIFACT: str(candidate.model_dir)},
-            code_paths=[str(PIPELINE_PACKAGE)],
-            model_config=serving.model_config,
-            input_example=serving.example,
-            signature=serving.signature,
-            pip_requirements=SERVING_REQUIREMENTS + _base_model_requirements(candidate.model_dir),
-        )
-        version = mlflow.register_model(info.model_uri, config.registry.model_name, tags=tags)
+        with _pyfunc_notices_filtered():
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=pyfunc(),
+                artifacts={MODEL_ARTIFACT: str(candidate.model_dir)},
+                code_paths=[str(PIPELINE_PACKAGE)],
+                model_config=serving.model_config,
+                input_example=serving.example,
+                signature=serving.signature,
+                pip_requirements=SERVING_REQUIREMENTS + _base_model_requirements(candidate.model_dir),
+            )
+        with _registration_unannounced():
+            version = mlflow.register_model(info.model_uri, config.registry.model_name, tags=tags)
     client.update_model_version(version.name, version.version, description=_describe(candidate))
     return RegisteredVersion(version.name, str(version.version), run.info.run_id, candidate.metrics,
                              dict(candidate.tags))
+
+
+class _PyfuncNoticeFilter(logging.Filter):
+    # tunegate's own model class is pickled (a user's files never are); a classifier's signature comes from its example
+    NOTICES = ("serialized using CloudPickle", "Inferring model signature")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(notice in record.getMessage() for notice in self.NOTICES)
+
+
+@contextmanager
+def _pyfunc_notices_filtered() -> Iterator[None]:
+    """What MLflow says of every logged model, the same each time, is not for a run's log; its other warnings are."""
+    pyfunc_log = logging.getLogger("mlflow.pyfunc")
+    notices = _PyfuncNoticeFilter()
+    pyfunc_log.addFilter(notices)
+    try:
+        yield
+    finally:
+        pyfunc_log.removeFilter(notices)
+
+
+@contextmanager
+def _registration_unannounced() -> Iterator[None]:
+    """MLflow announces every registration on stderr ("Registered model 'x' already exists. Creating a new version
+    of this model...", "Created version '7'"), with print, not a logger that a level would turn down: its event
+    stream is muted for the call (what it warns of there concerns Databricks and logged-model tags). The flow
+    reports the version it registered."""
+    from mlflow.utils.logging_utils import MLFLOW_LOGGING_STREAM
+
+    enabled = MLFLOW_LOGGING_STREAM.enabled
+    MLFLOW_LOGGING_STREAM.enabled = False
+    try:
+        yield
+    finally:
+        MLFLOW_LOGGING_STREAM.enabled = enabled
 
 
 def _base_model_requirements(model_dir: Path) -> list[str]:

@@ -4,9 +4,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
+import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -97,8 +101,6 @@ def make_project(root: Path, params: dict) -> Path:
 
 
 def _venv_path() -> str:
-    import sys
-
     return f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
 
 
@@ -135,6 +137,22 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     load_classifier(base, config.data.labels).save_pretrained(untrained)
     load_tokenizer(base).save_pretrained(untrained)
     return {"trained": trained.model_dir, "untrained": untrained}
+
+
+# What an operator reading a run's log file must not find there, and how it shows: progress bars, hints for a person at
+# a shell, transformers' load report of a new head, MLflow's notices on each logged model and registration.
+LOG_CHATTER = {"carriage-return progress bars": "\r", "DVC's hint": "git add dvc.lock",
+               "transformers' load report": "MISSING", "MLflow's pickling notice": "serialized using CloudPickle",
+               "MLflow's signature notice": "Inferring model signature",
+               "MLflow's new-model notice": "Successfully registered model",
+               "MLflow's existing-model notice": "already exists. Creating a new version",
+               "MLflow's new-version notice": "Created version '"}
+
+
+def assert_operator_log(log: str, results: list[str]) -> None:
+    """The log holds each step's result (a text each line must contain) and none of the libraries' chatter."""
+    assert {what: shows for what, shows in LOG_CHATTER.items() if shows in log} == {}
+    assert [result for result in results if result not in log] == [], log[-5000:]
 
 
 def free_port() -> int:
@@ -226,3 +244,43 @@ def lm_config(project_dir: Path, model_dir: Path, data: dict | None = None, **ov
                                                "pairs": 18},
                 "evaluate.base_cache_dir": str(project_dir / "cache"), **overrides}
     return load_config(project_dir, [f"{key}={json.dumps(value)}" for key, value in settings.items()])
+
+
+MLFLOW_SERVER_START_S = 180    # a fresh database is migrated first
+
+
+@contextmanager
+def mlflow_server(database: str, workdir: Path) -> Iterator[str]:
+    """An MLflow tracking server on a database of the PostgreSQL server, on a free loopback port, its artifacts in
+    workdir/artifacts (a path its clients on this machine write to directly) and its log in workdir/server.log;
+    yields its URL and stops it afterwards."""
+    port = free_port()
+    log = workdir / "server.log"
+    with log.open("w") as output:
+        server = subprocess.Popen(
+            [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", f"{POSTGRES}/{database}",
+             "--default-artifact-root", str(workdir / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+             "--workers", "1"],
+            stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + MLFLOW_SERVER_START_S
+        while True:
+            try:
+                if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
+                    break
+            except OSError:
+                pass
+            if server.poll() is not None:
+                raise RuntimeError(f"The MLflow server exited: {log.read_text()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"The MLflow server did not answer within {MLFLOW_SERVER_START_S} s: {log}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=5)
+        except subprocess.TimeoutExpired:   # its workers wait for idle connections to close
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()

@@ -2,59 +2,24 @@
 champion (the better of the two), both moves in the history, no version lost."""
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import textwrap
 import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 import yaml
 
 from pipeline import registry
 from pipeline.config import load_config
-from tests.conftest import POSTGRES, free_port, scratch_database, small_params, write_sst2_slice
-
-SERVER_START_S = 180    # a fresh database is migrated first
+from tests.conftest import mlflow_server, scratch_database, small_params, write_sst2_slice
 
 
 @pytest.fixture
 def tracking_server(tmp_path):
-    """A scratch database and an MLflow server on it, on a free loopback port; both gone afterwards."""
-    with scratch_database("tg_promotion") as database:
-        yield from _server_on(database, tmp_path)
-
-
-def _server_on(database: str, tmp_path: Path):
-    port = free_port()
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", f"{POSTGRES}/{database}",
-         "--default-artifact-root", str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
-        stdout=open(tmp_path / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + SERVER_START_S
-        while True:
-            try:
-                if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
-                    break
-            except OSError:
-                pass
-            assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "the MLflow server did not start"
-            time.sleep(0.5)
+    """A scratch database and an MLflow server on it; both gone afterwards."""
+    with scratch_database("tg_promotion") as database, mlflow_server(database, tmp_path) as url:
         yield url
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=5)
-        except subprocess.TimeoutExpired:   # its workers wait for idle connections to close
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
 
 
 PROMOTE = textwrap.dedent("""

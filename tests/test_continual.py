@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from flows.retrain import retrain
 from pipeline import continual, lineage, registry
 from pipeline.config import load_config
 from pipeline.errors import AuditFailed, DriftFailed
-from tests.conftest import REPO, make_project, small_params
+from tests.conftest import REPO, assert_operator_log, free_port, make_project, small_params
 
 BATCH_ROWS = 160   # electronics reviews per batch, half of each label
 SMALL_BATCH_ROWS = 80   # where the batch only has to be learned, not measured
@@ -161,12 +160,6 @@ def test_a_cache_entry_whose_model_is_gone_is_a_miss_not_an_error(champion_proje
 
 # --- the schedule: a Prefect server, the deployment served, a batch dropped in, a scheduled run learns it --------
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def wait_for(condition, seconds: float, what: str, processes: list[subprocess.Popen]):
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -186,22 +179,31 @@ def test_a_scheduled_run_of_the_served_deployment_learns_a_dropped_batch(project
            "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2", "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
     server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
                                "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    served = None
+    served, log = None, tmp_path / "schedule.log"
     try:
         wait_for(lambda: _healthy(api), 120, "Prefect server", [server])
+        # the log file a team keeps of the schedule: the scheduled runs' own output streams into it, at Prefect's
+        # default level
         served = subprocess.Popen([sys.executable, "-m", "flows.cli", "--project-dir", str(project), "schedule",
-                                   "--interval", "10"], cwd=REPO, env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                   "--interval", "10"], cwd=REPO,
+                                  env={**env, "PREFECT_LOGGING_LEVEL": "INFO", "PYTHONUNBUFFERED": "1"},
+                                  stdout=log.open("w"), stderr=subprocess.STDOUT)
         drop_batch(project, "electronics", electronics_rows(SMALL_BATCH_ROWS))
         learned = wait_for(lambda: versions(project).get("2"), 400, "version trained by a scheduled run",
                            [server, served])
         assert learned.tags[lineage.PARENT_TAG] == "models:/tunegate-sst2/1"
         assert learned.tags[continual.BATCH_TAG] == "electronics"
+        # its decision is the flow's last line
+        wait_for(lambda: "version 2 (params.yaml): " in log.read_text(), 120, "the run's decision in its log",
+                 [server, served])
     finally:
         for process in (served, server):
             if process is not None:
                 process.terminate()
                 process.wait(timeout=60)
+    assert_operator_log(log.read_text(), ["audit of batch electronics passed", "label_balance",
+                                          "pool with batch electronics: data version", "best step",
+                                          "evaluation report", "version 2 (params.yaml): "])
 
 
 def _healthy(api: str) -> bool:
