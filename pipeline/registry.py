@@ -397,11 +397,22 @@ def promotion_lock(config: Config, holder: str) -> Iterator[PromotionLock]:
                 f"gates.lock.lease_s={settings.lease_s:g} s.")
         time.sleep(settings.poll_s)
     try:
+        _restore_moves(config, client)
         yield lock
     finally:
         held = _lock_holder(client, lock.name)
         if held is not None and held.tags.get("token") == lock.token:
             client.delete_registered_model(lock.name)
+
+
+def _restore_moves(config: Config, client: MlflowClient) -> None:
+    """Each alias where its last move in the history put it: a holder killed between writing the move and moving
+    the alias left the two apart."""
+    last = {move.alias: move.to_version for move in alias_history(config)}
+    held = client.get_registered_model(config.registry.model_name).aliases if last else {}
+    for alias, version in last.items():
+        if str(held.get(alias)) != version:
+            client.set_registered_model_alias(config.registry.model_name, alias, version)
 
 
 @dataclass(frozen=True)
@@ -429,6 +440,7 @@ def move_alias(config: Config, lock: PromotionLock, alias: str, version: Registe
         before = None
     move = AliasMove(datetime.now(timezone.utc).isoformat(timespec="milliseconds"), action, alias, before,
                      version.version, by, reason)
+    # The history first: a holder killed before the alias moves leaves a move the next holder makes (_restore_moves).
     history = _experiment_id(config, config.registry.experiment + HISTORY_SUFFIX)
     run = client.create_run(history, run_name=f"{alias}: {before or '-'} -> {version.version} ({action})",
                             tags={"model": version.name, "action": action, "alias": alias,
