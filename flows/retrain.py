@@ -5,6 +5,7 @@ Each task is a thin call into `pipeline/`; a failed task fails the flow, so noth
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,7 +138,8 @@ def register_task(config: Config, code: lineage.GitState, data_version: DataVers
     same = registry.same_version(config, identity) if identity else None
     if same is not None and not same.finished:
         get_run_logger().info("finishing version %s, which a run that stopped before its end registered", same.version)
-        return registry.find_version(config, f"models:/{config.registry.model_name}/{same.version}")
+        found = registry.find_version(config, f"models:/{config.registry.model_name}/{same.version}")
+        return dataclasses.replace(found, metrics=promotion.candidate_metrics(found.metrics))
     reports = {"audit": [registry.report_artifact(p) for p in (report.json_path, report.html_path)],
                "evaluation": [registry.report_artifact(p) for p in evaluation.artifacts]}
     record = lineage.build_record(config, code, data_version, trained.precision, parent, runtime.flow_run.id,

@@ -117,6 +117,15 @@ def _gate_and_move(config: Config, lock: registry.PromotionLock, candidates: lis
     return promotions
 
 
+def _logged_by_promotion(name: str) -> bool:
+    return name.startswith((gates.CHAMPION_PREFIX, gates.TASK_FORGETTING_PREFIX))
+
+
+def candidate_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """A candidate run's own metrics, without what a promotion logged beside them (the champion's, forgetting)."""
+    return {name: value for name, value in metrics.items() if not _logged_by_promotion(name)}
+
+
 def recorded_promotion(config: Config, candidate: RegisteredVersion, history: list[AliasMove]) -> Promotion | None:
     """The flow decision that moved candidate's alias already, read back from the history, the decision record and
     the metrics it logged; None where no flow decision moved an alias to it."""
@@ -126,7 +135,7 @@ def recorded_promotion(config: Config, candidate: RegisteredVersion, history: li
     record = json.loads(registry.read_run_text(config, candidate.run_id, DECISION_RECORD))
     decision = gates.Decision(record["verdict"] == "promote", [gates.Gate(**gate) for gate in record["gates"]])
     logged = {name: value for name, value in registry.run_metrics(config, candidate.run_id).items()
-              if name.startswith((gates.CHAMPION_PREFIX, gates.TASK_FORGETTING_PREFIX))}
+              if _logged_by_promotion(name)}
     champion = record["champion"]
     baseline = None if champion is None else Baseline(
         registry.find_version(config, f"models:/{candidate.name}/{champion['version']}"),

@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline import continual, lineage, registry
+from pipeline import continual, gates, lineage, registry
 from pipeline.config import load_config
 from pipeline.promotion import DECISION_RECORD, FLOW_DECISION
 from tests.conftest import REPO, free_port, make_project, small_params
@@ -49,6 +49,8 @@ STEPS = [
 TRAIN_ROWS = 160         # 10 steps of 16
 CHECKPOINT_STEPS = 5
 BATCH = "electronics"
+# registered, decided against the champion (its numbers logged in the run), the alias not moved
+CONTINUAL_KILL = Step("promotion", "pipeline.registry:move_alias", "before")
 
 
 @dataclass(frozen=True)
@@ -131,8 +133,7 @@ def runs(tmp_path_factory) -> dict[str, Run]:
         observed = {step.name: runner(project, "retrain", step) for step in STEPS}
         observed["finished"] = runner(project, "retrain")
         _batch(project)
-        observed["continual killed"] = runner(project, "continual",
-                                              Step("registration", "mlflow:register_model", "after"))
+        observed["continual killed"] = runner(project, "continual", CONTINUAL_KILL)
         observed["continual"] = runner(project, "continual")
     finally:
         runner.close()
@@ -238,10 +239,12 @@ def test_the_finished_run_leaves_one_complete_version(runs):
     assert described.description == registry.card_description(card)
 
 
-def test_a_continual_step_killed_after_registering_leaves_its_batch_to_the_restart(runs):
+def test_a_continual_step_killed_before_its_alias_moved_leaves_its_batch_to_the_restart(runs):
     project, killed, restarted = runs["project"], runs["continual killed"], runs["continual"]
     config = load_config(project)
-    assert killed.returncode == -signal.SIGKILL and set(killed.versions) == {"1", "2"}
+    assert killed.returncode == -signal.SIGKILL
+    assert killed.log.rstrip().endswith(f"{KILLED_AT} {CONTINUAL_KILL.target} ({CONTINUAL_KILL.when})")
+    assert set(killed.versions) == {"1", "2"} and killed.moves == runs["finished"].moves
     assert not killed.versions["2"].finished and killed.versions["2"].tags[continual.BATCH_TAG] == BATCH
     assert continual.next_batch(config, continual.used_batch_md5s(list(killed.versions.values()))).name == BATCH
 
@@ -251,3 +254,9 @@ def test_a_continual_step_killed_after_registering_leaves_its_batch_to_the_resta
     assert continual.next_batch(config, continual.used_batch_md5s(list(restarted.versions.values()))) is None
     assert {registry.MODEL_CARD_ARTIFACT, DECISION_RECORD, lineage.RECORD_ARTIFACT, "MLmodel",
             "model.safetensors"} <= _files(project, "2")
+    client = registry.connect(config)
+    run_id = client.get_model_version(config.registry.model_name, "2").run_id
+    decision = json.loads(Path(client.download_artifacts(run_id, DECISION_RECORD)).read_text())
+    assert decision["champion"]["version"] == "1"
+    # decided again on the version's own numbers, not on the champion's the killed run logged beside them
+    assert not [gate["name"] for gate in decision["gates"] if gate["name"].startswith(gates.CHAMPION_PREFIX)]
