@@ -1,8 +1,8 @@
 """A run killed (SIGKILL) during each step and started again ends in a correct state.
 
 One project is run again and again, each run killed one step further on than the one before, so that each run
-also restarts from the kill before it; a last run finishes. Then a continual step is killed after registering its
-version, and started again. The runs are real `tunegate` processes (tests/kill_at.py) against one Prefect server,
+also restarts from the kill before it; a last run finishes. Then a continual step is killed between deciding on
+its version and moving the alias, and started again. The runs are real `tunegate` processes (tests/kill_at.py) against one Prefect server,
 as scheduled runs are; between them the test reads the store.
 """
 from __future__ import annotations
@@ -114,7 +114,7 @@ def _batch(project: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Run]:
-    """Each step's killed run, the run that finished, then a continual step killed after registering and its
+    """Each step's killed run, the run that finished, then a continual step killed before its alias moved and its
     restart; the project under "project"."""
     root = tmp_path_factory.mktemp("kill")
     api_url = f"http://127.0.0.1:{free_port()}/api"
