@@ -76,7 +76,7 @@ def _models(project_dir: Path) -> str:
     table = [header] + [[row.version, ",".join(row.aliases) or "-", row.created,
                          *(f"{row.metrics[m]:.4f}" if m in row.metrics else "-" for m in columns),
                          row.tags.get("method", "-"), row.tags.get("data_version", "-")[:12],
-                         row.tags.get("promotion_reason", "-")] for row in rows]
+                         row.tags.get(registry.REASON_TAG, "-")] for row in rows]
     return _columns(table)
 
 

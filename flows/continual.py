@@ -13,7 +13,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.retrain import card_task, register_task, split_task
+from flows.retrain import finish_task, register_task, split_task
 from pipeline import audit, continual, drift, lineage, promotion, registry
 from pipeline.config import Config, load_config
 from pipeline.errors import DriftFailed, ModelError
@@ -67,10 +67,11 @@ class Champion:
 
 @task(name="registry-state", cache_policy=NO_CACHE)
 def registry_state_task(config: Config) -> tuple[registry.VersionRow | None, set[str]]:
-    """The champion's row, and the md5s of every batch a registered version was trained on."""
+    """The champion's row, and the md5s of the batches used: a version a killed step left unfinished leaves its
+    batch to the next step, which finishes that version."""
     rows = registry.list_versions(config)
     champion = next((row for row in rows if registry.CHAMPION in row.aliases), None)
-    return champion, {row.tags[continual.BATCH_MD5_TAG] for row in rows if continual.BATCH_MD5_TAG in row.tags}
+    return champion, continual.used_batch_md5s(rows)
 
 
 @task(name="champion", cache_policy=NO_CACHE)
@@ -196,7 +197,7 @@ def continual_step(project_dir: str = ".", overrides: list[str] | None = None) -
                 for candidate, run, evaluation in zip(evaluated, trained, evaluations)]
     promotions = promote_best_task(evaluated[0], versions, data_version, batch.name)
     for candidate, version, evaluation, promoted in zip(evaluated, versions, evaluations, promotions):
-        card_task(candidate, version, data_version, evaluation.result(), report, promoted.as_record())
+        finish_task(candidate, version, data_version, evaluation.result(), report, promoted)
     outcomes = [CandidateOutcome(extra, version.version, {**version.metrics, **promoted.logged}, promoted.alias,
                                  promoted.move.reason if promoted.move else promoted.decision.summary)
                 for extra, version, promoted in zip(config.continual.candidates or [[]], versions, promotions)]

@@ -5,6 +5,7 @@ Each task is a thin call into `pipeline/`; a failed task fails the flow, so noth
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,7 +129,17 @@ def register_task(config: Config, code: lineage.GitState, data_version: DataVers
                   extra_tags: dict[str, str] | None = None, extra_artifacts: list[Path] | None = None,
                   extra_metrics: dict[str, float] | None = None) -> registry.RegisteredVersion:
     """config is the run's own: model.base as the user wrote it (a parent's URI for a warm start). The extras are
-    what a continual step adds: its batch and tasks, the drift report."""
+    what a continual step adds: its batch and tasks, the drift report.
+
+    A version of this data, params and code that a killed run registered but did not finish is that run's
+    registration, complete (its model, reports and tags go in before the version exists): it is finished, not
+    registered again."""
+    identity = lineage.identity_tags(code, data_version.version, config.params_hash())
+    same = registry.same_version(config, identity) if identity else None
+    if same is not None and not same.finished:
+        get_run_logger().info("finishing version %s, which a run that stopped before its end registered", same.version)
+        found = registry.find_version(config, f"models:/{config.registry.model_name}/{same.version}")
+        return dataclasses.replace(found, metrics=promotion.candidate_metrics(found.metrics))
     reports = {"audit": [registry.report_artifact(p) for p in (report.json_path, report.html_path)],
                "evaluation": [registry.report_artifact(p) for p in evaluation.artifacts]}
     record = lineage.build_record(config, code, data_version, trained.precision, parent, runtime.flow_run.id,
@@ -156,13 +167,12 @@ class SameVersion:
 
 @task(name="same-version", cache_policy=NO_CACHE)
 def same_version_task(config: Config, code: lineage.GitState, data_version: DataVersion) -> SameVersion | None:
-    """The registered version with this run's data version, params and code (a committed work tree's), if any."""
-    if code.dirty:
+    """The finished version with this run's data version, params and code (a committed work tree's), if any."""
+    identity = lineage.identity_tags(code, data_version.version, config.params_hash())
+    row = registry.same_version(config, identity) if identity else None
+    if row is None or not row.finished:
         return None
-    wanted = {"data_version": data_version.version, "params_hash": config.params_hash(), "git_commit": code.commit}
-    row = next((row for row in registry.list_versions(config)
-                if all(row.tags.get(key) == value for key, value in wanted.items())), None)
-    return None if row is None else SameVersion(config.registry.model_name, row.version, row.aliases)
+    return SameVersion(config.registry.model_name, row.version, row.aliases)
 
 
 @task(name="promote", cache_policy=NO_CACHE)
@@ -175,9 +185,10 @@ def promote_task(config: Config, version: registry.RegisteredVersion, data_versi
     return result
 
 
-@task(name="model card", cache_policy=NO_CACHE)
-def card_task(config: Config, version: registry.RegisteredVersion, data_version: DataVersion,
-              evaluation: EvaluationReport, report: audit.AuditReport, decision: dict) -> None:
+@task(name="finish", cache_policy=NO_CACHE)
+def finish_task(config: Config, version: registry.RegisteredVersion, data_version: DataVersion,
+                evaluation: EvaluationReport, report: audit.AuditReport, promoted: promotion.Promotion) -> None:
+    """The model card, then the decision tags: last, as they mark the version finished."""
     paths = split_paths(config)
     rows = {name: len(read_split(path)) for name, path in
             (("train", paths.train), ("validation", paths.validation), ("test", paths.test))}
@@ -185,8 +196,9 @@ def card_task(config: Config, version: registry.RegisteredVersion, data_version:
     card = model_card.build_card(config, model_card.CardInputs(
         version=registry.version_uri(version), lineage=record, data_version=data_version.version,
         split_rows=rows, metrics=version.metrics, evaluation=evaluation.details, audit=audit_report.as_json(report),
-        decision=decision))
+        decision=promoted.as_record()))
     registry.attach_model_card(config, version, str(card))
+    registry.set_decision_tags(config, version, promoted.alias, promoted.move.reason)
 
 
 def start_from_parent(config: Config) -> tuple[Config, str | None]:
@@ -232,7 +244,7 @@ def retrain(project_dir: str = ".", overrides: list[str] | None = None) -> Retra
                               [check.headline for check in report.failures], {}, unchanged=True)
     version = register_task(config, code, data_version, trained, evaluation, report, parent)
     promoted = promote_task(work_config, version, data_version, evaluation)
-    card_task(config, version, data_version, evaluation, report, promoted.as_record())
+    finish_task(config, version, data_version, evaluation, report, promoted)
     return RetrainSummary(data_version.version, evaluation.metrics, evaluation.path, version.name, version.version,
                           promoted.alias, promoted.decision.summary, report.summary,
                           [check.headline for check in report.failures], promoted.as_record())

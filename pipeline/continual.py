@@ -3,7 +3,8 @@ the training mix with replay, and the forgetting gate per earlier task.
 
 A batch is a file or a sub-folder of continual.incoming. It is used once: the version trained on it carries
 its content's md5 (tag continual_batch_md5), so the tracking store, which survives a new machine, says which
-batches are used, and agrees with the registered versions by construction.
+batches are used, and agrees with the registered versions by construction. Only a finished version (promoted,
+with its model card) uses its batch: a step killed before that leaves the batch to the next step.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from pipeline.audit import AuditReport, audit_files
 from pipeline.config import Config, EarlierTask
 from pipeline.data import READERS
 from pipeline.errors import AuditFailed, DataError
+from pipeline.registry import VersionRow
 from pipeline.split import LABEL, TEXT, SplitPaths, batch_files, read_split, split_paths
 
 # Lineage tags of a version trained by a continual step (parent_model and data_version are shared with
@@ -55,6 +57,11 @@ def incoming_batches(config: Config) -> list[Batch]:
         if is_file_batch or (path.is_dir() and batch_files(path)):
             batches.append(Batch(path.stem if path.is_file() else path.name, path, batch_md5(path)))
     return batches
+
+
+def used_batch_md5s(rows: list[VersionRow]) -> set[str]:
+    """The md5s of the batches finished versions were trained on."""
+    return {row.tags[BATCH_MD5_TAG] for row in rows if BATCH_MD5_TAG in row.tags and row.finished}
 
 
 def next_batch(config: Config, used_md5s: set[str]) -> Batch | None:

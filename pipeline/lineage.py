@@ -54,6 +54,14 @@ def git_state(project_dir: Path) -> GitState:
         return GitState("unknown", False)
 
 
+def identity_tags(code: GitState, data_version: str, params_hash: str) -> dict[str, str] | None:
+    """The tags of a version built from this data, these params and this code; None for a work tree with
+    uncommitted edits, whose code no commit names."""
+    if code.dirty:
+        return None
+    return {"data_version": data_version, "params_hash": params_hash, "git_commit": code.commit}
+
+
 def is_registry_uri(name: str) -> bool:
     """model.base names a registered version (warm start) rather than a base model."""
     return name.startswith(REGISTRY_URI_PREFIX)

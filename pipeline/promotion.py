@@ -3,6 +3,7 @@ rollback, each alias move under the promotion lock and written to the history in
 from __future__ import annotations
 
 import getpass
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,38 +73,75 @@ def promote_candidate(config: Config, candidate: RegisteredVersion, data_version
 def promote_best(config: Config, candidates: list[RegisteredVersion], data_version: str, test_frame: pd.DataFrame,
                  report_dir: Path, by: str) -> list[Promotion]:
     """Gate each candidate against the champion; the best passing one (task metric) becomes champion, the others
-    challengers, each with its decision record in its run."""
+    challengers, each with its decision record in its run. A candidate's alias moves once: one a killed run moved
+    keeps that decision."""
     current = registry.champion(config)
     # Measured before taking the lock, which others then wait for only seconds; again under it if the champion
     # changed meanwhile (another promotion finished first).
     baseline = measure_champion(config, current, data_version, test_frame, report_dir) if current else None
     with registry.promotion_lock(config, by) as lock:
+        # A run killed after moving a candidate's alias made its decision already: it stands, and is not made twice.
+        history = registry.alias_history(config)
+        recorded = [recorded_promotion(config, candidate, history) for candidate in candidates]
         current = registry.champion(config)
         if current is None:
             baseline = None
         elif baseline is None or baseline.version.version != current.version:
             baseline = measure_champion(config, current, data_version, test_frame, report_dir)
-        decisions = [gates.decide(c.metrics, baseline.metrics if baseline else None, config.gates) for c in candidates]
-        passing = [i for i, decision in enumerate(decisions) if decision.promote]
-        best = max(passing, key=lambda i: candidates[i].metrics[gates.task_metric(candidates[i].metrics)], default=None)
-        promotions = []
-        for i, (candidate, decision) in enumerate(zip(candidates, decisions)):
-            alias = CHAMPION if i == best else CHALLENGER
-            reason = decision.summary + (f"; passed, but version {candidates[best].version} scored higher"
-                                         if decision.promote and i != best else "")
-            # The champion's numbers and each earlier task's forgetting, beside the candidate's own.
-            logged = {f"{gates.CHAMPION_PREFIX}{name}": baseline.metrics[name]
-                      for name in gates.gated_metrics(baseline.metrics)} if baseline else {}
-            logged |= {gate.name: gate.value for gate in decision.gates
-                       if gate.name.startswith(gates.TASK_FORGETTING_PREFIX) and gate.value is not None}
-            # Recorded before the alias moves: a failure here moves nothing.
-            registry.log_to_run(config, candidate.run_id, logged,
-                                {DECISION_RECORD: Promotion(alias, decision, baseline, None).as_record()},
-                                baseline.artifacts if baseline else [], CHAMPION_REPORTS)
-            registry.set_decision_tags(config, candidate, alias, reason)
-            move = registry.move_alias(config, lock, alias, candidate, FLOW_DECISION, by, reason)
-            promotions.append(Promotion(alias, decision, baseline, move, logged))
+        undecided = [candidate for candidate, promotion in zip(candidates, recorded) if promotion is None]
+        decided = iter(_gate_and_move(config, lock, undecided, baseline, by))
+        return [promotion or next(decided) for promotion in recorded]
+
+
+def _gate_and_move(config: Config, lock: registry.PromotionLock, candidates: list[RegisteredVersion],
+                   baseline: Baseline | None, by: str) -> list[Promotion]:
+    decisions = [gates.decide(c.metrics, baseline.metrics if baseline else None, config.gates) for c in candidates]
+    passing = [i for i, decision in enumerate(decisions) if decision.promote]
+    best = max(passing, key=lambda i: candidates[i].metrics[gates.task_metric(candidates[i].metrics)], default=None)
+    promotions = []
+    for i, (candidate, decision) in enumerate(zip(candidates, decisions)):
+        alias = CHAMPION if i == best else CHALLENGER
+        reason = decision.summary + (f"; passed, but version {candidates[best].version} scored higher"
+                                     if decision.promote and i != best else "")
+        # The champion's numbers and each earlier task's forgetting, beside the candidate's own.
+        logged = {f"{gates.CHAMPION_PREFIX}{name}": baseline.metrics[name]
+                  for name in gates.gated_metrics(baseline.metrics)} if baseline else {}
+        logged |= {gate.name: gate.value for gate in decision.gates
+                   if gate.name.startswith(gates.TASK_FORGETTING_PREFIX) and gate.value is not None}
+        # Recorded before the alias moves: a failure here moves nothing, and a restart after the move reads it.
+        registry.log_to_run(config, candidate.run_id, logged,
+                            {DECISION_RECORD: Promotion(alias, decision, baseline, None).as_record()},
+                            baseline.artifacts if baseline else [], CHAMPION_REPORTS)
+        move = registry.move_alias(config, lock, alias, candidate, FLOW_DECISION, by, reason)
+        promotions.append(Promotion(alias, decision, baseline, move, logged))
     return promotions
+
+
+def _logged_by_promotion(name: str) -> bool:
+    return name.startswith((gates.CHAMPION_PREFIX, gates.TASK_FORGETTING_PREFIX))
+
+
+def candidate_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """A candidate run's own metrics, without what a promotion logged beside them (the champion's, forgetting)."""
+    return {name: value for name, value in metrics.items() if not _logged_by_promotion(name)}
+
+
+def recorded_promotion(config: Config, candidate: RegisteredVersion, history: list[AliasMove]) -> Promotion | None:
+    """The flow decision that moved candidate's alias already, read back from the history, the decision record and
+    the metrics it logged; None where no flow decision moved an alias to it."""
+    move = next((m for m in history if m.action == FLOW_DECISION and m.to_version == candidate.version), None)
+    if move is None:
+        return None
+    record = json.loads(registry.read_run_text(config, candidate.run_id, DECISION_RECORD))
+    decision = gates.Decision(record["verdict"] == "promote", [gates.Gate(**gate) for gate in record["gates"]])
+    logged = {name: value for name, value in registry.run_metrics(config, candidate.run_id).items()
+              if _logged_by_promotion(name)}
+    champion = record["champion"]
+    baseline = None if champion is None else Baseline(
+        registry.find_version(config, f"models:/{candidate.name}/{champion['version']}"),
+        {name.removeprefix(gates.CHAMPION_PREFIX): value for name, value in logged.items()
+         if name.startswith(gates.CHAMPION_PREFIX)}, champion["remeasured"], [])
+    return Promotion(record["alias"], decision, baseline, move, logged)
 
 
 def _require_reason(reason: str | None, command: str) -> str:

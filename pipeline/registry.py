@@ -32,6 +32,9 @@ HISTORY_SUFFIX = "-aliases"          # <experiment><suffix>: one run per alias m
 REPORTS_DIR = "reports"   # the audit and evaluation reports and the model card, in each run's artifacts
 MODEL_CARD_ARTIFACT = f"{REPORTS_DIR}/README.md"
 MODEL_ARTIFACT = "model"   # the transformers directory inside the logged pyfunc model's artifacts
+# The gates' verdict on a version, set when everything else of it is done: a version without it was left unfinished
+# by a killed run, and the next run with the same data, params and code finishes it.
+DECISION_TAG, REASON_TAG = "promotion_decision", "promotion_reason"
 PIPELINE_PACKAGE = Path(__file__).parent
 # What the logged model needs to load and predict; inferring it fails (it imports torchvision).
 SERVING_REQUIREMENTS = ["torch==2.13.0", "transformers==5.23.0", "peft==0.21.2", "pandas", "numpy", "evaluate",
@@ -69,6 +72,10 @@ class VersionRow:
     created: str
     metrics: dict[str, float]
     tags: dict[str, str]
+
+    @property
+    def finished(self) -> bool:
+        return DECISION_TAG in self.tags
 
 
 class TextClassifier(mlflow.pyfunc.PythonModel):
@@ -385,10 +392,11 @@ def log_to_run(config: Config, run_id: str, metrics: dict[str, float], records: 
 
 
 def set_decision_tags(config: Config, version: RegisteredVersion, alias: str, reason: str) -> None:
-    """The gates' verdict on the version itself, as `tunegate models` shows it."""
+    """The gates' verdict on the version itself, as `tunegate models` shows it; the decision last, as it marks the
+    version finished."""
     client = connect(config)
-    client.set_model_version_tag(version.name, version.version, "promotion_decision", alias)
-    client.set_model_version_tag(version.name, version.version, "promotion_reason", reason)
+    client.set_model_version_tag(version.name, version.version, REASON_TAG, reason)
+    client.set_model_version_tag(version.name, version.version, DECISION_TAG, alias)
 
 
 @dataclass(frozen=True)
@@ -460,11 +468,22 @@ def promotion_lock(config: Config, holder: str) -> Iterator[PromotionLock]:
                 f"gates.lock.lease_s={settings.lease_s:g} s.")
         time.sleep(settings.poll_s)
     try:
+        _restore_moves(config, client)
         yield lock
     finally:
         held = _lock_holder(client, lock.name)
         if held is not None and held.tags.get("token") == lock.token:
             client.delete_registered_model(lock.name)
+
+
+def _restore_moves(config: Config, client: MlflowClient) -> None:
+    """Each alias where its last move in the history put it: a holder killed between writing the move and moving
+    the alias left the two apart."""
+    last = {move.alias: move.to_version for move in alias_history(config)}
+    held = client.get_registered_model(config.registry.model_name).aliases if last else {}
+    for alias, version in last.items():
+        if str(held.get(alias)) != version:
+            client.set_registered_model_alias(config.registry.model_name, alias, version)
 
 
 @dataclass(frozen=True)
@@ -492,6 +511,7 @@ def move_alias(config: Config, lock: PromotionLock, alias: str, version: Registe
         before = None
     move = AliasMove(datetime.now(timezone.utc).isoformat(timespec="milliseconds"), action, alias, before,
                      version.version, by, reason)
+    # The history first: a holder killed before the alias moves leaves a move the next holder makes (_restore_moves).
     history = _experiment_id(config, config.registry.experiment + HISTORY_SUFFIX)
     run = client.create_run(history, run_name=f"{alias}: {before or '-'} -> {version.version} ({action})",
                             tags={"model": version.name, "action": action, "alias": alias,
@@ -537,6 +557,12 @@ def list_versions(config: Config) -> list[VersionRow]:
         rows.append(VersionRow(str(version.version), sorted(aliases.get(str(version.version), [])), created,
                                metrics, dict(version.tags)))
     return rows
+
+
+def same_version(config: Config, identity: dict[str, str]) -> VersionRow | None:
+    """The newest version whose tags hold these (lineage.identity_tags: the same data, params and code), if any."""
+    return next((row for row in list_versions(config)
+                 if all(row.tags.get(key) == value for key, value in identity.items())), None)
 
 
 def download_model(config: Config, model_uri: str) -> Path:
