@@ -6,7 +6,6 @@ import argparse
 import atexit
 import gc
 import json
-import logging
 import re
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 from pipeline import gates
 from pipeline.config import json_schema, load_config
 from pipeline.errors import DataError, TunegateError
-from pipeline.redaction import RedactingFilter, redact
+from pipeline.redaction import redact
 
 KEY_METRICS = ("test_accuracy", "test_f1_macro")
 # The commands that only read the registry: a user waits for their answer (issue 9: within 3 s).
@@ -127,23 +126,6 @@ def _lineage(project_dir: Path, model_uri: str) -> str:
     return format_tree(registry.lineage_chain(config, model_uri))
 
 
-class _UserErrorsWithoutTraceback(logging.Filter):
-    """Prefect logs a failed task with its traceback; for an error the user can fix, the message is enough."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], TunegateError):
-            record.exc_info, record.exc_text = None, None
-        return True
-
-
-def _filter_logs() -> None:
-    """On every handler Prefect set up (console, its API): user errors without tracebacks, credentials masked."""
-    for logger in (logging.getLogger(), logging.getLogger("prefect")):
-        for handler in logger.handlers:
-            handler.addFilter(_UserErrorsWithoutTraceback())
-            handler.addFilter(RedactingFilter())
-
-
 def main(argv: list[str] | None = None) -> int:
     return _run(_parser().parse_args(argv))
 
@@ -169,13 +151,11 @@ def _run(args: argparse.Namespace) -> int:
             load_config(args.project_dir, args.overrides)
             from flows.retrain import retrain
 
-            _filter_logs()
             print(retrain(str(args.project_dir), args.overrides))
         elif args.command == "continual":
             load_config(args.project_dir, args.overrides)   # as retrain: a bad config fails before Prefect loads
             from flows.continual import continual_flow
 
-            _filter_logs()
             print(continual_flow(str(args.project_dir.resolve()), args.overrides))
         elif args.command == "schedule":
             from flows.schedule import serve
@@ -185,7 +165,6 @@ def _run(args: argparse.Namespace) -> int:
         elif args.command == "demo":
             from flows.demo import run_demo
 
-            _filter_logs()
             print(run_demo(args.project_dir.resolve()))
         elif args.command == "models":
             print(_history(args.project_dir) if args.history else _models(args.project_dir))

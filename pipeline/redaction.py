@@ -7,6 +7,8 @@ import os
 import re
 from typing import Any
 
+from pipeline.errors import TunegateError
+
 MASK = "***"
 # `scheme://user:password@host`: the password (or token) between the colon and the @
 _URI_PASSWORD = re.compile(r"(?P<head>\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@/\s]+@", re.IGNORECASE)
@@ -38,12 +40,27 @@ def redact_values(value: Any) -> Any:
     return value
 
 
-class RedactingFilter(logging.Filter):
-    """Masks credentials in a log record's message (and its arguments) before any handler writes it."""
+def install_log_record_factory() -> None:
+    """Every log record this process makes is masked as it is made, whichever handler then writes it: Prefect
+    sets its handlers up anew in each flow-run process (a scheduled run) and Dask worker, where a filter on the
+    handlers of the process that started them would not reach. A user error (TunegateError) loses its
+    traceback: its message says what to fix. Installed once per process (flows/__init__)."""
+    make_record = logging.getLogRecordFactory()
+    if getattr(make_record, "masks_credentials", False):
+        return
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
+    def masked_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make_record(*args, **kwargs)
+        if record.exc_info and isinstance(record.exc_info[1], TunegateError):
+            record.exc_info, record.exc_text = None, None
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):   # arguments that do not fit the message: logging reports it on emit
+            return record
         masked = redact(message)
         if masked != message:
             record.msg, record.args = masked, None
-        return True
+        return record
+
+    masked_record.masks_credentials = True   # type: ignore[attr-defined]
+    logging.setLogRecordFactory(masked_record)

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import json
-import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from transformers import BertConfig, BertForSequenceClassification
 from pipeline.config import load_config
 from pipeline.errors import ModelError
 from pipeline.modeling import load_classifier, resolve_model_path
-from pipeline.redaction import RedactingFilter, redact
+from pipeline.redaction import redact
 from tests.conftest import REPO
 
 TINY_BERT = BertConfig(vocab_size=64, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16)
@@ -72,7 +73,18 @@ def test_params_never_hold_a_tracking_uri_password():
     assert SECRET not in json.dumps(config.as_dict())        # what is logged and hashed never shows it
 
 
-def test_log_records_are_masked_before_any_handler_writes_them():
-    record = logging.LogRecord("tunegate", logging.INFO, __file__, 1, "connecting to %s", (f"https://u:{SECRET}@h",),
-                               None)
-    assert RedactingFilter().filter(record) and record.getMessage() == "connecting to https://u:***@h"
+def test_log_records_are_masked_as_they_are_made_in_any_process_that_runs_a_flow():
+    """A scheduled run executes in a process of Prefect's, with handlers set up there: importing flows (as that
+    process does to load the flow) masks every record it logs and drops a user error's traceback."""
+    script = ("import logging, sys\n"
+              "import flows\n"
+              "from pipeline.errors import DataError\n"
+              "logging.basicConfig(stream=sys.stdout, level=logging.INFO)\n"
+              f"logging.getLogger('prefect.flow_runs').info('store %s', 'https://u:{SECRET}@h')\n"
+              "try:\n"
+              "    raise DataError('train.csv: line 3 is not valid JSON')\n"
+              "except DataError:\n"
+              "    logging.getLogger('prefect.flow_runs').exception('Finished in state Failed')\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, check=True)
+    assert "store https://u:***@h" in result.stdout and SECRET not in result.stdout + result.stderr
+    assert "Finished in state Failed" in result.stdout and "Traceback" not in result.stdout + result.stderr
