@@ -126,6 +126,13 @@ def _lineage(project_dir: Path, model_uri: str) -> str:
     return format_tree(registry.lineage_chain(config, model_uri))
 
 
+def _check_continual_config(project_dir: Path, overrides: list[str]) -> None:
+    config = load_config(project_dir, overrides)
+    from pipeline.continual import check_labelled   # pandas and scikit-learn: after the config's own checks
+
+    check_labelled(config)
+
+
 def main(argv: list[str] | None = None) -> int:
     return _run(_parser().parse_args(argv))
 
@@ -153,14 +160,15 @@ def _run(args: argparse.Namespace) -> int:
 
             print(retrain(str(args.project_dir), args.overrides))
         elif args.command == "continual":
-            load_config(args.project_dir, args.overrides)   # as retrain: a bad config fails before Prefect loads
+            # as retrain: a bad config fails before Prefect loads
+            _check_continual_config(args.project_dir, args.overrides)
             from flows.continual import continual_flow
 
             print(continual_flow(str(args.project_dir.resolve()), args.overrides))
         elif args.command == "schedule":
             from flows.schedule import serve
 
-            load_config(args.project_dir, args.overrides)   # a bad config fails now, not at 03:00
+            _check_continual_config(args.project_dir, args.overrides)   # a bad config fails now, not at 03:00
             serve(args.project_dir.resolve(), args.cron, args.interval, args.overrides)
         elif args.command == "demo":
             from flows.demo import run_demo

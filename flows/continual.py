@@ -162,6 +162,7 @@ def promote_best_task(config: Config, versions: list[registry.RegisteredVersion]
 @flow(name="continual-step")
 def continual_step(project_dir: str = ".", overrides: list[str] | None = None) -> ContinualSummary:
     config = load_config(Path(project_dir), overrides or [])
+    continual.check_labelled(config)
     candidates = [load_config(Path(project_dir), [*(overrides or []), *extra])
                   for extra in config.continual.candidates or [[]]]
     for candidate in candidates:

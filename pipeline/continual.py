@@ -19,7 +19,7 @@ from sklearn.model_selection import train_test_split
 from pipeline.audit import AuditReport, audit_files
 from pipeline.config import Config, EarlierTask
 from pipeline.data import READERS
-from pipeline.errors import AuditFailed, DataError
+from pipeline.errors import AuditFailed, ConfigError, DataError
 from pipeline.registry import VersionRow
 from pipeline.split import LABEL, TEXT, SplitPaths, batch_files, read_split, split_paths
 
@@ -35,6 +35,15 @@ class Batch:
     name: str       # the file's stem or the folder's name: the task's name among the earlier tasks later
     path: Path
     md5: str        # of the batch's data files' names and contents
+
+
+def check_labelled(config: Config) -> None:
+    """Continual retraining learns labelled batches: its drift checks, replay sampling and earlier-task scores
+    read the labels, which free-form instructions lack."""
+    if config.data.format != "table":
+        raise ConfigError(f"tunegate continual learns labelled tables (data.format table), not data.format "
+                          f"{config.data.format}: its drift checks, replay and earlier-task scores read labels. "
+                          f"Fine-tune on instructions with `tunegate retrain`.")
 
 
 def batch_md5(path: Path) -> str:

@@ -12,6 +12,7 @@ import mlflow
 import pandas as pd
 import pytest
 
+from flows.cli import main
 from pipeline import model_card, registry
 from pipeline.audit import audit_raw_data
 from pipeline.config import GatesConfig, PromotionLockConfig
@@ -105,6 +106,12 @@ def test_a_classifier_refuses_instructions(tiny_dir, tmp_path):
     config = instructions_config(tmp_path, tiny_dir, BUNDLED / "train.jsonl", **{"task.type": "classification"})
     with pytest.raises(ConfigError, match="needs task.type causal_lm"):
         task_type(config)
+
+
+def test_continual_retraining_refuses_instructions(tiny_dir, tmp_path, capsys):
+    instructions_config(tmp_path, tiny_dir, BUNDLED / "train.jsonl")
+    assert main(["--project-dir", str(tmp_path), "continual", "-S", "task.type=causal_lm"]) == 1
+    assert "tunegate continual learns labelled tables (data.format table)" in capsys.readouterr().err
 
 
 # --- split ------------------------------------------------------------------------------------------------------
