@@ -137,7 +137,7 @@ def check_store(config: Config, runs: list[dict]) -> tuple[list[dict], list[regi
         run = next((run for run in runs if run["version"] == row.version), None)
         table.append({"version": row.version, "run": run["run"] if run else "-",
                       "overrides": " ".join(run["overrides"]) if run else "-",
-                      "test_accuracy": row.metrics.get(gates.TASK_METRIC), "passes_gates": passes,
+                      "test_accuracy": row.metrics[gates.task_metric(row.metrics)], "passes_gates": passes,
                       "decision": row.tags.get("promotion_decision", "-"), "aliases": ",".join(row.aliases) or "-",
                       "alias_moves": len(moved), "missing_artifacts": missing, "missing_lineage_tags": tags})
         problems[ARTIFACTS] += [f"version {row.version}: no {path}" for path in missing]
