@@ -192,9 +192,9 @@ def finish_task(config: Config, version: registry.RegisteredVersion, data_versio
     paths = split_paths(config)
     rows = {name: len(read_split(path)) for name, path in
             (("train", paths.train), ("validation", paths.validation), ("test", paths.test))}
-    record = registry.read_lineage(config, registry.version_uri(version))[1]
+    record = registry.read_lineage(config, version.uri)[1]
     card = model_card.build_card(config, model_card.CardInputs(
-        version=registry.version_uri(version), lineage=record, data_version=data_version.version,
+        version=version.uri, lineage=record, data_version=data_version.version,
         split_rows=rows, metrics=version.metrics, evaluation=evaluation.details, audit=audit_report.as_json(report),
         decision=promoted.as_record()))
     registry.attach_model_card(config, version, str(card))

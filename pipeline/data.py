@@ -31,6 +31,11 @@ def _decode(path: Path, raw: bytes) -> str:
                         f"({exc.reason}). Re-save the file as UTF-8.") from exc
 
 
+def _require_file(path: Path) -> None:
+    if not path.is_file():
+        raise DataError(f"{path}: no such file. Check the path in params.yaml (data section) or on the command line.")
+
+
 def _json_objects(path: Path, text: str, fields: str) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) per line; blank lines are skipped, a bad line stops with its number."""
     for number, line in enumerate(text.split("\n"), start=1):   # not splitlines: JSON strings may hold U+2028
@@ -86,8 +91,7 @@ def read_instructions(path: str | Path) -> pd.DataFrame:
     if path.suffix.lower() not in JSON_LINES:
         raise DataError(f"{path}: instructions (data.format instructions) are JSON Lines (.jsonl), "
                         f"not {path.suffix or 'a file without extension'}.")
-    if not path.is_file():
-        raise DataError(f"{path}: no such file. Check the path in params.yaml (data section) or on the command line.")
+    _require_file(path)
     rows = []
     for number, record in _json_objects(path, _decode(path, path.read_bytes()), "messages (or prompt and response)"):
         try:
@@ -107,8 +111,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
     suffix = path.suffix.lower()
     if suffix not in READERS:
         raise DataError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(READERS)}.")
-    if not path.is_file():
-        raise DataError(f"{path}: no such file. Check the path in params.yaml (data section) or on the command line.")
+    _require_file(path)
     if suffix == ".parquet":
         try:
             frame = pd.read_parquet(path)

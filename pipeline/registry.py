@@ -582,16 +582,12 @@ def report_artifact(path: Path) -> str:
     return f"{REPORTS_DIR}/{path.name}"
 
 
-def version_uri(version: RegisteredVersion) -> str:
-    return f"models:/{version.name}/{version.version}"
-
-
 def resolve_parent(config: Config, model_uri: str) -> tuple[Path, str]:
     """A warm start's parent: its transformers directory and its URI with the version number
     (an alias moves; the lineage must name the version it started from)."""
     from pipeline.modeling import ADAPTER_CONFIG
 
-    uri = version_uri(find_version(config, model_uri))
+    uri = find_version(config, model_uri).uri
     model_dir = download_model(config, uri)
     if (model_dir / ADAPTER_CONFIG).is_file():
         raise ModelError(f"{uri} holds an adapter that is not merged into its base; a warm start needs a whole "
@@ -605,10 +601,10 @@ def read_lineage(config: Config, model_uri: str) -> tuple[str, dict[str, Any]]:
     try:
         record = mlflow.artifacts.load_dict(f"runs:/{version.run_id}/{lineage.RECORD_ARTIFACT}")
     except (MlflowException, OSError) as exc:
-        raise ModelError(f"{version_uri(version)} has no lineage record ({lineage.RECORD_ARTIFACT} in run "
+        raise ModelError(f"{version.uri} has no lineage record ({lineage.RECORD_ARTIFACT} in run "
                          f"{version.run_id}): it was registered before tunegate recorded lineage, or its "
                          f"artifacts are gone.") from exc
-    return version_uri(version), record
+    return version.uri, record
 
 
 def lineage_chain(config: Config, model_uri: str) -> list[tuple[str, dict[str, Any]]]:

@@ -93,7 +93,7 @@ class Reproduction:
 def reproduce(config: Config, model_uri: str) -> Reproduction:
     """Rebuild model_uri in <reproduce.work_dir>/<name>-<version> and compare every recorded metric."""
     version = registry.find_version(config, model_uri)
-    uri, record = registry.read_lineage(config, registry.version_uri(version))
+    uri, record = registry.read_lineage(config, version.uri)
     params = registry.read_run_text(config, version.run_id, lineage.PARAMS_ARTIFACT)
     dvc_lock = registry.read_run_text(config, version.run_id, lineage.DVC_LOCK_ARTIFACT)
     commit, data_version = record["code"]["git_commit"], record["data"]["version"]
