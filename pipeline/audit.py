@@ -215,28 +215,25 @@ def content_specs(config: Config, table: pd.DataFrame) -> list[Spec]:
     label_set = [str(value) for value in data.label_values]
     conflicting = checks.conflicting_labels
 
-    def value(column: str) -> Callable[[int], str]:
-        return _value(table, column)
-
     def text_and_label(i: int) -> str:
         return f"{_clip(table[text].iloc[i])} labelled {table[label].iloc[i]}"
 
     def text_type(r: dict[str, Any]) -> str:
         if "observed_value" in r:      # a column of one type (text, or e.g. all numbers) is checked as a whole
             return f"column {text!r} has type {r['observed_value']}"
-        return _found("are not text", value(text))(r)
+        return _found("are not text", _value(table, text))(r)
 
     return [
         Spec("text_type", checks.text_type, text, E.ExpectColumnValuesToBeOfType(column=text, type_="str"), "text",
              observe=lambda r: r.get("observed_value", r.get("unexpected_count")), describe=text_type),
         *(Spec("not_null", checks.not_null, column, E.ExpectColumnValuesToNotBeNull(column=column), "0 rows",
-               observe=_count, describe=_found("are empty", value(column))) for column in (text, label)),
+               observe=_count, describe=_found("are empty", _value(table, column))) for column in (text, label)),
         not_blank_spec(config, table, text),
         Spec("label_type", checks.label_type, label, E.ExpectColumnValuesToMatchRegex(column=label, regex=INTEGER),
-             "0 rows", observe=_count, describe=_found("are not integers", value(label))),
+             "0 rows", observe=_count, describe=_found("are not integers", _value(table, label))),
         Spec("label_in_set", checks.label_in_set, label,
              E.ExpectColumnValuesToBeInSet(column=label, value_set=label_set), "0 rows", observe=_count,
-             describe=_found(f"are outside the label set {label_set}", value(label))),
+             describe=_found(f"are outside the label set {label_set}", _value(table, label))),
         *text_specs(config, table, text),
         Spec("conflicting_labels", conflicting, text,
              E.ExpectColumnValuesToBeBetween(column=LABELS_PER_TEXT, max_value=1,
