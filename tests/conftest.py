@@ -246,6 +246,28 @@ def lm_config(project_dir: Path, model_dir: Path, data: dict | None = None, **ov
     return load_config(project_dir, [f"{key}={json.dumps(value)}" for key, value in settings.items()])
 
 
+def wait_for(condition, seconds: float, what: str, processes: list[subprocess.Popen], poll_s: float = 2):
+    """condition()'s first true value, asked every poll_s; fails when seconds pass or one of processes exits."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for process in processes:
+            assert process.poll() is None, f"{process.args} exited with {process.returncode} while waiting for {what}"
+        value = condition()
+        if value:
+            return value
+        time.sleep(poll_s)
+    raise AssertionError(f"no {what} within {seconds} s")
+
+
+def healthy(url: str) -> bool:
+    """Does a server answer its health endpoint's URL?"""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
 MLFLOW_SERVER_START_S = 180    # a fresh database is migrated first
 
 
@@ -264,18 +286,8 @@ def mlflow_server(database: str, workdir: Path) -> Iterator[str]:
             stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + MLFLOW_SERVER_START_S
-        while True:
-            try:
-                if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
-                    break
-            except OSError:
-                pass
-            if server.poll() is not None:
-                raise RuntimeError(f"The MLflow server exited: {log.read_text()[-3000:]}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"The MLflow server did not answer within {MLFLOW_SERVER_START_S} s: {log}")
-            time.sleep(0.5)
+        wait_for(lambda: healthy(url), MLFLOW_SERVER_START_S, f"an answer from the MLflow server (its log: {log})",
+                 [server], poll_s=0.5)
         yield url
     finally:
         os.killpg(server.pid, signal.SIGTERM)

@@ -8,8 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pandas as pd
@@ -21,7 +19,7 @@ from flows.retrain import retrain
 from pipeline import continual, lineage, registry
 from pipeline.config import load_config
 from pipeline.errors import AuditFailed, DriftFailed
-from tests.conftest import REPO, assert_operator_log, free_port, make_project, small_params
+from tests.conftest import REPO, assert_operator_log, free_port, healthy, make_project, small_params, wait_for
 
 BATCH_ROWS = 160   # electronics reviews per batch, half of each label
 SMALL_BATCH_ROWS = 80   # where the batch only has to be learned, not measured
@@ -160,18 +158,6 @@ def test_a_cache_entry_whose_model_is_gone_is_a_miss_not_an_error(champion_proje
 
 # --- the schedule: a Prefect server, the deployment served, a batch dropped in, a scheduled run learns it --------
 
-def wait_for(condition, seconds: float, what: str, processes: list[subprocess.Popen]):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        for process in processes:
-            assert process.poll() is None, f"{process.args} exited with {process.returncode} while waiting for {what}"
-        value = condition()
-        if value:
-            return value
-        time.sleep(2)
-    raise AssertionError(f"no {what} within {seconds} s")
-
-
 def test_a_scheduled_run_of_the_served_deployment_learns_a_dropped_batch(project, tmp_path):
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
@@ -181,7 +167,7 @@ def test_a_scheduled_run_of_the_served_deployment_learns_a_dropped_batch(project
                                "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     served, log = None, tmp_path / "schedule.log"
     try:
-        wait_for(lambda: _healthy(api), 120, "Prefect server", [server])
+        wait_for(lambda: healthy(f"{api}/health"), 120, "Prefect server", [server], poll_s=0.5)
         # the log file a team keeps of the schedule: the scheduled runs' own output streams into it, at Prefect's
         # default level
         served = subprocess.Popen([sys.executable, "-m", "flows.cli", "--project-dir", str(project), "schedule",
@@ -205,10 +191,3 @@ def test_a_scheduled_run_of_the_served_deployment_learns_a_dropped_batch(project
                                           "pool with batch electronics: data version", "best step",
                                           "evaluation report", "version 2 (params.yaml): "])
 
-
-def _healthy(api: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{api}/health", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False

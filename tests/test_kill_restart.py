@@ -13,8 +13,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +24,7 @@ import yaml
 from pipeline import continual, gates, lineage, registry
 from pipeline.config import load_config
 from pipeline.promotion import DECISION_RECORD, FLOW_DECISION
-from tests.conftest import REPO, free_port, make_project, small_params
+from tests.conftest import REPO, free_port, healthy, make_project, small_params, wait_for
 from tests.kill_at import KILLED_AT
 
 
@@ -92,17 +90,6 @@ class Runner:
         self.driver.wait(timeout=60)
 
 
-def _wait_for(url: str, server: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and server.poll() is None:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return
-        except OSError:
-            time.sleep(0.5)
-    pytest.fail(f"the Prefect server did not answer at {url} within 120 s")
-
-
 def _batch(project: Path) -> Path:
     """Electronics reviews, half of each label: a new task for the continual step."""
     frame = pd.read_csv(REPO / "data/raw/amazon-electronics/reviews.tsv", sep="\t", keep_default_na=False, dtype=str)
@@ -129,7 +116,7 @@ def runs(tmp_path_factory) -> dict[str, Run]:
         project = make_project(root / "project", small_params(
             split={"max_train_rows": TRAIN_ROWS}, model={"max_length": 64},
             train={"eval_steps": CHECKPOINT_STEPS, "save_steps": CHECKPOINT_STEPS}))
-        _wait_for(f"{api_url}/health", server)
+        wait_for(lambda: healthy(f"{api_url}/health"), 120, "Prefect server", [server], poll_s=0.5)
         observed = {step.name: runner(project, "retrain", step) for step in STEPS}
         observed["finished"] = runner(project, "retrain")
         _batch(project)
