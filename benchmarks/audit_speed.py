@@ -21,7 +21,7 @@ PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
 import pipeline  # noqa: E402,F401  (offline, quiet environment first)
-from pipeline import audit, bias  # noqa: E402  (Great Expectations, transformers and torch load here)
+from pipeline.audit import checks, slices  # noqa: E402  (Great Expectations, transformers and torch load here)
 from pipeline.config import load_config  # noqa: E402
 
 IMPORTED = time.perf_counter()
@@ -29,10 +29,10 @@ RESULT = PROJECT / "benchmarks/results/audit_speed.json"
 TARGET_S = 15.0
 
 # Phases: the pipeline functions the audit calls, timed by wrapping them where audit.py looks them up.
-PHASES = {"read files": (audit, "read_table"), "load tokenizer": (audit, "load_tokenizer"),
-          "count tokens": (audit, "count_tokens"), "normalise texts": (audit, "normalise"),
-          "GX validations": (audit, "validate"), "find identity mentions": (bias, "find_mentions"),
-          "slice statistics": (bias, "slice_table"), "write JSON + HTML": (audit, "write_report")}
+PHASES = {"read files": (checks, "read_table"), "load tokenizer": (checks, "load_tokenizer"),
+          "count tokens": (checks, "count_tokens"), "normalise texts": (checks, "normalise"),
+          "GX validations": (checks, "validate"), "find identity mentions": (slices, "find_mentions"),
+          "slice statistics": (slices, "slice_table"), "write JSON + HTML": (checks, "write_report")}
 seconds: dict[str, float] = defaultdict(float)
 
 
@@ -54,7 +54,7 @@ def main() -> int:
     data = config.data
     load_before = os.getloadavg()
     started = time.perf_counter()
-    report = audit.audit_files(config, [data.train, data.validation, data.test], data.train, "audit-speed")
+    report = checks.audit_files(config, [data.train, data.validation, data.test], data.train, "audit-speed")
     audit_s = time.perf_counter() - started
     rows = {file.source: file.rows for file in report.files}
 

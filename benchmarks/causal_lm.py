@@ -28,10 +28,10 @@ SHOWN = ["test_accuracy", "test_scored_accuracy", "general_blimp_accuracy", "for
 
 def run_one(name: str, args: argparse.Namespace) -> dict:
     from pipeline.config import load_config
-    from pipeline.modeling import base_model_dir
-    from pipeline.split import make_splits
+    from pipeline.training.models import base_model_dir
+    from pipeline.data.split import make_splits
     from pipeline.tasks import evaluate_model
-    from pipeline.training import train_model
+    from pipeline.training.loop import train_model
 
     sizes = {"task.causal_lm.eval_rows": args.eval_rows or None,
              "task.causal_lm.blimp.pairs": args.blimp_pairs or None,

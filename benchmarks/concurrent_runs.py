@@ -30,7 +30,7 @@ sys.path.insert(0, str(PROJECT))
 # The tests' project maker and tracking server: the benchmark runs on the same harness (offline, quiet; see there).
 from tests.conftest import make_project, mlflow_server, scratch_database, small_params  # noqa: E402
 
-from pipeline import gates, lineage, registry  # noqa: E402
+from pipeline.governance import gates, lineage, registry  # noqa: E402
 from pipeline.config import Config, load_config  # noqa: E402
 from pipeline.errors import ModelError  # noqa: E402
 

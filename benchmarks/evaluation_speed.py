@@ -21,9 +21,9 @@ import torch
 
 import pipeline  # noqa: F401  (offline, quiet)
 from pipeline.config import load_config
-from pipeline.evaluation import evaluate_model
-from pipeline.modeling import resolve_model_path
-from pipeline.split import make_splits
+from pipeline.tasks import evaluate_model
+from pipeline.training.models import resolve_model_path
+from pipeline.data.split import make_splits
 
 RESULTS = Path(__file__).parent / "results" / "evaluation_speed.json"
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pipeline  # noqa: F401  (offline, quiet)
 from pipeline.config import load_config
-from pipeline.evaluation import evaluate_model
-from pipeline.modeling import resolve_model_path
-from pipeline.split import make_splits
-from pipeline.training import train_model
+from pipeline.tasks import evaluate_model
+from pipeline.training.models import resolve_model_path
+from pipeline.data.split import make_splits
+from pipeline.training.loop import train_model
 
 RESULTS = Path(__file__).parent / "results" / "forgetting.json"
 RUNS = {"lora": [], "full": ["train.method=full", "train.learning_rate.full=5e-5"]}

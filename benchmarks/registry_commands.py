@@ -44,11 +44,11 @@ def scratch_project(root: Path) -> Path:
     import shutil
 
     import pipeline  # noqa: F401  (offline, quiet environment first)
-    from pipeline import lineage, registry
+    from pipeline.governance import lineage, registry
     from pipeline.config import load_config
-    from pipeline.modeling import load_classifier, load_tokenizer, resolve_model_path
-    from pipeline.promotion import promote_candidate
-    from pipeline.versioning import DataVersion
+    from pipeline.training.models import load_classifier, load_tokenizer, resolve_model_path
+    from pipeline.governance.promotion import promote_candidate
+    from pipeline.data.versioning import DataVersion
 
     shutil.copy(PROJECT / "params.yaml", root / "params.yaml")
     config = load_config(root)

@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import torch
 from pipeline.config import Config
-from pipeline.evaluation import predict_proba
-from pipeline.modeling import load_classifier, load_tokenizer
-from pipeline.split import LABEL, TEXT, make_splits
+from pipeline.tasks.classification.evaluation import predict_proba
+from pipeline.training.models import load_classifier, load_tokenizer
+from pipeline.data.split import LABEL, TEXT, make_splits
 
 
 def sst2_slice(config: Config, rows: int) -> dict[str, pd.DataFrame]:

@@ -24,7 +24,7 @@ import torch
 from benchmarks.sst2_slice import machine, saved_model_accuracy, sst2_slice, table
 from pipeline.config import METHODS, load_config
 from pipeline.errors import TunegateError
-from pipeline.training import train_model
+from pipeline.training.loop import train_model
 
 RESULTS = Path(__file__).parent / "results" / "train_methods.json"
 

@@ -8,7 +8,7 @@ Three trainers of the default method (params.yaml: LoRA with its options, learni
   plain+same-opts  the same script given what tunegate does for speed: padding per batch, length-grouped
                    batches, bf16 where tunegate picks it, and tunegate's schedule, clipping, weight decay and
                    work: validation every eval_steps and at the end, checkpoints every save_steps, the best kept
-  tunegate         pipeline.training.train_model, as the flow calls it
+  tunegate         pipeline.training.loop.train_model, as the flow calls it
   tunegate random  the same with train.length_window=1: random batches, still padded per batch
 Each round uses its own seed (train.seed + round) for all trainers, so that accuracy is compared over
 seeds, not on one lucky or unlucky batch order. Every run is a fresh process (same start-up, no caches
@@ -40,9 +40,9 @@ from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, de
 
 from benchmarks.sst2_slice import accuracy_on, machine, saved_model_accuracy, sst2_slice, table
 from pipeline.config import Config, load_config
-from pipeline.modeling import load_classifier, load_tokenizer, resolve_model_path
-from pipeline.split import LABEL, TEXT
-from pipeline.training import train_model, use_bf16
+from pipeline.training.models import load_classifier, load_tokenizer, resolve_model_path
+from pipeline.data.split import LABEL, TEXT
+from pipeline.training.loop import train_model, use_bf16
 
 RESULTS = Path(__file__).parent / "results" / "train_throughput.json"
 PLAIN, SAME_OPTS, TUNEGATE, RANDOM = "plain", "plain+same-opts", "tunegate", "tunegate random"

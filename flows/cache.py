@@ -14,7 +14,7 @@ from prefect.cache_policies import CacheKeyFnPolicy
 from prefect.context import TaskRunContext
 
 from pipeline.config import Config
-from pipeline.lineage import git_state
+from pipeline.governance.lineage import git_state
 
 
 def _key(config: Config, *parts: str) -> str | None:

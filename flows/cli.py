@@ -10,7 +10,7 @@ import re
 import sys
 from pathlib import Path
 
-from pipeline import gates
+from pipeline.governance import gates
 from pipeline.config import json_schema, load_config
 from pipeline.errors import DataError, TunegateError
 from pipeline.redaction import redact
@@ -65,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
 def _models(project_dir: Path) -> str:
     config = load_config(project_dir)
     # here, not at the top: MLflow takes a second to import; after the config, so a bad params.yaml fails first
-    from pipeline import registry
+    from pipeline.governance import registry
 
     rows = registry.list_versions(config)
     if not rows:
@@ -81,7 +81,7 @@ def _models(project_dir: Path) -> str:
 
 def _history(project_dir: Path) -> str:
     config = load_config(project_dir)
-    from pipeline import registry
+    from pipeline.governance import registry
 
     moves = registry.alias_history(config)
     if not moves:
@@ -103,8 +103,8 @@ def _moved(move) -> str:
 
 def _evaluate(project_dir: Path, model_uri: str) -> str:
     config = load_config(project_dir)
-    from pipeline import registry
-    from pipeline.split import read_split, split_paths
+    from pipeline.governance import registry
+    from pipeline.data.split import read_split, split_paths
     from pipeline.tasks import evaluate_model
 
     model_dir = registry.download_model(config, model_uri) if model_uri.startswith("models:/") else Path(model_uri)
@@ -120,15 +120,15 @@ def _evaluate(project_dir: Path, model_uri: str) -> str:
 
 def _lineage(project_dir: Path, model_uri: str) -> str:
     config = load_config(project_dir)
-    from pipeline import registry
-    from pipeline.lineage import format_tree
+    from pipeline.governance import registry
+    from pipeline.governance.lineage import format_tree
 
     return format_tree(registry.lineage_chain(config, model_uri))
 
 
 def _check_continual_config(project_dir: Path, overrides: list[str]) -> None:
     config = load_config(project_dir, overrides)
-    from pipeline.continual import check_labelled   # pandas and scikit-learn: after the config's own checks
+    from pipeline.data.batches import check_labelled   # pandas and scikit-learn: after the config's own checks
 
     check_labelled(config)
 
@@ -178,7 +178,7 @@ def _run(args: argparse.Namespace) -> int:
             print(_history(args.project_dir) if args.history else _models(args.project_dir))
         elif args.command in ("promote", "rollback"):
             config = load_config(args.project_dir)
-            from pipeline import promotion
+            from pipeline.governance import promotion
 
             by = args.by or promotion.login_name()
             move = (promotion.override(config, args.model, args.reason, by) if args.command == "promote"
@@ -190,7 +190,7 @@ def _run(args: argparse.Namespace) -> int:
             print(_lineage(args.project_dir, args.model))
         elif args.command == "reproduce":
             config = load_config(args.project_dir)
-            from pipeline.reproduce import reproduce
+            from pipeline.governance.reproduce import reproduce
 
             reproduction = reproduce(config, args.model)
             print(reproduction)
@@ -199,8 +199,8 @@ def _run(args: argparse.Namespace) -> int:
             print(json.dumps(json_schema(), indent=2))
         elif args.command == "audit":
             config = load_config(args.project_dir)
-            from pipeline.audit import audit_file
-            from pipeline.audit_report import as_text
+            from pipeline.audit.checks import audit_file
+            from pipeline.audit.report import as_text
 
             report = audit_file(config, args.path.resolve())
             print(as_text(report))

@@ -14,16 +14,18 @@ from prefect.client.orchestration import get_client
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.retrain import finish_task, register_task, split_task
-from pipeline import audit, continual, drift, lineage, promotion, registry
+from pipeline.audit import checks
+from pipeline.data import batches, drift
+from pipeline.governance import lineage, promotion, registry
 from pipeline.config import Config, load_config
 from pipeline.errors import DriftFailed, ModelError
-from pipeline.evaluation import EvaluationReport
-from pipeline.methods import check_supported
-from pipeline.modeling import ADAPTER_CONFIG
-from pipeline.split import read_batch, read_split, split_paths
+from pipeline.evaluation.suites import EvaluationReport
+from pipeline.training.methods import check_supported
+from pipeline.training.models import ADAPTER_CONFIG
+from pipeline.data.split import read_batch, read_split, split_paths
 from pipeline.tasks import evaluate_model
-from pipeline.training import TrainResult, train_model
-from pipeline.versioning import DataVersion, reproduce_splits
+from pipeline.training.loop import TrainResult, train_model
+from pipeline.data.versioning import DataVersion, reproduce_splits
 
 
 @dataclass(frozen=True)
@@ -71,27 +73,27 @@ def registry_state_task(config: Config) -> tuple[registry.VersionRow | None, set
     batch to the next step, which finishes that version."""
     rows = registry.list_versions(config)
     champion = next((row for row in rows if registry.CHAMPION in row.aliases), None)
-    return champion, continual.used_batch_md5s(rows)
+    return champion, batches.used_batch_md5s(rows)
 
 
 @task(name="champion", cache_policy=NO_CACHE)
 def champion_task(config: Config, row: registry.VersionRow) -> Champion:
     uri = f"models:/{config.registry.model_name}/{row.version}"
     model_dir = registry.download_model(config, uri)
-    return Champion(uri, model_dir, continual.task_names(config, row.tags))
+    return Champion(uri, model_dir, batches.task_names(config, row.tags))
 
 
 @task(name="audit-batch", cache_policy=NO_CACHE)
-def audit_batch_task(config: Config, batch: continual.Batch) -> audit.AuditReport:
-    report = continual.audit_batch(config, batch)
+def audit_batch_task(config: Config, batch: batches.Batch) -> checks.AuditReport:
+    report = batches.audit_batch(config, batch)
     get_run_logger().info("audit of batch %s passed: %s", batch.name, report.summary)
     return report
 
 
 @task(name="drift", cache_policy=NO_CACHE)
-def drift_task(config: Config, batch: continual.Batch, tasks: list[str]) -> drift.DriftReport:
+def drift_task(config: Config, batch: batches.Batch, tasks: list[str]) -> drift.DriftReport:
     settings = config.continual.drift
-    reference = continual.stratified_sample(continual.earlier_training_rows(config, tasks), settings.reference_rows,
+    reference = batches.stratified_sample(batches.earlier_training_rows(config, tasks), settings.reference_rows,
                                             config.split.seed)
     report = drift.compare(settings, reference, read_batch(config, batch.path), config.data.label_values,
                            config.split.seed, config.path(settings.report_dir) / batch.name)
@@ -106,9 +108,9 @@ def drift_task(config: Config, batch: continual.Batch, tasks: list[str]) -> drif
 
 
 @task(name="pool", cache_policy=NO_CACHE)
-def pool_task(config: Config, batch: continual.Batch) -> DataVersion:
+def pool_task(config: Config, batch: batches.Batch) -> DataVersion:
     """The batch joins the pool; `dvc repro split` versions the earlier data plus the batch."""
-    continual.add_to_pool(config, batch)
+    batches.add_to_pool(config, batch)
     version = reproduce_splits(config.project_dir)
     get_run_logger().info("pool with batch %s: data version %s", batch.name, version.version)
     return version
@@ -132,7 +134,7 @@ def train_candidate_task(config: Config, data_version: DataVersion, batch: str, 
                          champion: Champion | None) -> TrainResult:
     start = training_config(config, champion)
     batch_splits = split_paths(config, batch)
-    mix = continual.replay_mix(read_split(batch_splits.train), continual.earlier_training_rows(config, tasks),
+    mix = batches.replay_mix(read_split(batch_splits.train), batches.earlier_training_rows(config, tasks),
                                config.continual.replay_share, config.train.seed)
     output_dir = config.path(config.train.output_dir) / f"{data_version.version[:12]}-{start.params_hash()}"
     trained = train_model(start, mix, read_split(batch_splits.validation), output_dir)
@@ -162,14 +164,14 @@ def promote_best_task(config: Config, versions: list[registry.RegisteredVersion]
 @flow(name="continual-step")
 def continual_step(project_dir: str = ".", overrides: list[str] | None = None) -> ContinualSummary:
     config = load_config(Path(project_dir), overrides or [])
-    continual.check_labelled(config)
+    batches.check_labelled(config)
     candidates = [load_config(Path(project_dir), [*(overrides or []), *extra])
                   for extra in config.continual.candidates or [[]]]
     for candidate in candidates:
         check_supported(candidate.train)
     logger = get_run_logger()
     champion_row, used = registry_state_task(config)
-    batch = continual.next_batch(config, used)
+    batch = batches.next_batch(config, used)
     if batch is None:
         message = f"No new batch in {config.path(config.continual.incoming)}: nothing to train."
         logger.info(message)
@@ -184,15 +186,15 @@ def continual_step(project_dir: str = ".", overrides: list[str] | None = None) -
     drift_report = drift_task(config, batch, tasks)
     data_version = pool_task(config, batch)
 
-    evaluated = [continual.with_earlier_tasks(candidate, tasks) for candidate in candidates]
+    evaluated = [batches.with_earlier_tasks(candidate, tasks) for candidate in candidates]
     trained = [train_candidate_task.submit(candidate, data_version, batch.name, tasks, champion)
                for candidate in evaluated]
     evaluations = [evaluate_candidate_task.submit(candidate, run, batch.name)
                    for candidate, run in zip(evaluated, trained)]
     warm_start = champion is not None and config.train.init == "champion"
     code = lineage.git_state(config.project_dir)
-    tags = {continual.BATCH_TAG: batch.name, continual.BATCH_MD5_TAG: batch.md5,
-            continual.TASKS_TAG: ",".join([*tasks, batch.name])}
+    tags = {batches.BATCH_TAG: batch.name, batches.BATCH_MD5_TAG: batch.md5,
+            batches.TASKS_TAG: ",".join([*tasks, batch.name])}
     versions = [register_task(candidate, code, data_version, run.result(), evaluation.result(), report,
                               champion.uri if warm_start else None, extra_tags=tags, extra_artifacts=[drift_report.path])
                 for candidate, run, evaluation in zip(evaluated, trained, evaluations)]

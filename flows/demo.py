@@ -14,10 +14,10 @@ import yaml
 
 from flows.continual import ContinualSummary, continual_flow
 from flows.retrain import retrain
-from pipeline import registry
+from pipeline.governance import registry
 from pipeline.config import PARAMS_FILE, load_config
-from pipeline.data import read_table, write_table
-from pipeline.versioning import init_repo
+from pipeline.data.readers import read_table, write_table
+from pipeline.data.versioning import init_repo
 
 DEMO_DIR = "outputs/demo-continual"
 # dvc.yaml's split stage depends on its code: the demo project holds a copy, as any project does.

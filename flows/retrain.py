@@ -14,16 +14,18 @@ from prefect import flow, get_run_logger, runtime, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.cache import AUDIT_CACHE, EVALUATE_CACHE, TRAIN_CACHE
-from pipeline import audit, audit_report, gates, lineage, model_card, promotion, registry
+from pipeline.audit import checks
+from pipeline.audit import report as audit_report
+from pipeline.governance import gates, lineage, model_card, promotion, registry
 from pipeline.config import Config, load_config
-from pipeline.evaluation import EvaluationReport
+from pipeline.evaluation.suites import EvaluationReport
 from pipeline.errors import TunegateError
-from pipeline.methods import check_supported
+from pipeline.training.methods import check_supported
 from pipeline.preflight import run_preflight
-from pipeline.split import read_split, split_paths
+from pipeline.data.split import read_split, split_paths
 from pipeline.tasks import evaluate_model
-from pipeline.training import TrainResult, train_model
-from pipeline.versioning import DataVersion, reproduce_splits
+from pipeline.training.loop import TrainResult, train_model
+from pipeline.data.versioning import DataVersion, reproduce_splits
 
 
 GATE_OUTCOME = {True: "pass", False: "FAIL", None: "-"}
@@ -76,8 +78,8 @@ def _number(value: float | None) -> str:
 
 
 @task(name="audit", cache_policy=AUDIT_CACHE, persist_result=True)
-def audit_task(config: Config) -> audit.AuditReport:
-    report = audit.audit_raw_data(config)
+def audit_task(config: Config) -> checks.AuditReport:
+    report = checks.audit_raw_data(config)
     get_run_logger().info("audit passed: %s", report.summary)
     return report
 
@@ -125,7 +127,7 @@ def evaluate_task(config: Config, trained: TrainResult) -> EvaluationReport:
 
 @task(name="register", cache_policy=NO_CACHE)
 def register_task(config: Config, code: lineage.GitState, data_version: DataVersion, trained: TrainResult,
-                  evaluation: EvaluationReport, report: audit.AuditReport, parent: str | None,
+                  evaluation: EvaluationReport, report: checks.AuditReport, parent: str | None,
                   extra_tags: dict[str, str] | None = None, extra_artifacts: list[Path] | None = None,
                   extra_metrics: dict[str, float] | None = None) -> registry.RegisteredVersion:
     """config is the run's own: model.base as the user wrote it (a parent's URI for a warm start). The extras are
@@ -187,7 +189,7 @@ def promote_task(config: Config, version: registry.RegisteredVersion, data_versi
 
 @task(name="finish", cache_policy=NO_CACHE)
 def finish_task(config: Config, version: registry.RegisteredVersion, data_version: DataVersion,
-                evaluation: EvaluationReport, report: audit.AuditReport, promoted: promotion.Promotion) -> None:
+                evaluation: EvaluationReport, report: checks.AuditReport, promoted: promotion.Promotion) -> None:
     """The model card, then the decision tags: last, as they mark the version finished."""
     paths = split_paths(config)
     rows = {name: len(read_split(path)) for name, path in

@@ -21,7 +21,7 @@ from pipeline.errors import ConfigError
 from pipeline.redaction import redact_values
 
 PARAMS_FILE = "params.yaml"
-# train.method -> a builder in pipeline/methods/ (METHOD_BUILDERS); this is what params.yaml may name.
+# train.method -> a builder in pipeline/training/methods/ (METHOD_BUILDERS); this is what params.yaml may name.
 Method = Literal["full", "freeze", "lora", "dora", "ia3", "prompt_tuning", "prefix_tuning", "qlora"]
 METHODS: tuple[str, ...] = Method.__args__
 # error: a failed check stops the run; warning: it is reported and the run goes on.
@@ -257,7 +257,7 @@ class TrainConfig(Section):
 
 class GeneralBenchmark(Section):
     name: str       # metrics: general_<name>_<score>, forgetting_<name>, retained_<name>
-    kind: str       # a key of pipeline.general.KINDS: how the file is read and scored
+    kind: str       # a key of pipeline.evaluation.benchmarks.KINDS: how the file is read and scored
     path: str
 
 

@@ -7,10 +7,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from pipeline import registry, versioning
+from pipeline.governance import registry
+
+from pipeline.data import versioning
 from pipeline.config import Config
 from pipeline.errors import EnvironmentProblem, ModelError
-from pipeline.modeling import WEIGHT_FILES, base_model_dir
+from pipeline.training.models import WEIGHT_FILES, base_model_dir
 
 
 def output_dirs(config: Config) -> dict[str, Path]:

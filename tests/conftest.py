@@ -116,9 +116,9 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     import torch
 
     from pipeline.config import load_config
-    from pipeline.modeling import load_classifier, load_tokenizer, resolve_model_path
-    from pipeline.split import read_split, write_splits
-    from pipeline.training import train_model
+    from pipeline.training.models import load_classifier, load_tokenizer, resolve_model_path
+    from pipeline.data.split import read_split, write_splits
+    from pipeline.training.loop import train_model
 
     root = tmp_path_factory.mktemp("tiny-models")
     params = small_params(model={"max_length": 64},
@@ -196,7 +196,7 @@ def scratch_database(prefix: str) -> Iterator[str]:
 def tokenizer():
     from transformers import AutoTokenizer
 
-    from pipeline.modeling import gguf_file
+    from pipeline.training.models import gguf_file
 
     source = gguf_file("smollm2-135m-instruct")
     return AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)

@@ -9,10 +9,10 @@ import pytest
 import yaml
 
 from flows.cli import main
-from pipeline import bias
-from pipeline.audit import audit_file, audit_raw_data, batch_definition, class_specs, class_table, validate
+from pipeline.audit import slices
+from pipeline.audit.checks import audit_file, audit_raw_data, batch_definition, class_specs, class_table, validate
 from pipeline.config import apply_override, load_config
-from pipeline.data import read_table
+from pipeline.data.readers import read_table
 from pipeline.errors import AuditFailed, ConfigError, DataError
 from tests.conftest import REPO, small_params, write_sst2_slice
 
@@ -214,12 +214,12 @@ def test_bias_numbers_on_a_hand_computed_frame():
                        "shelter", "his film", "old   man", "a film", "another film"])
     positive = pd.Series([True, True, False, True, False, False, True, False, False, True])
     lexicon = {("gender", "women"): ["she", "her"], ("gender", "men"): ["he", "his"], ("age", "old"): ["old man"]}
-    mentions = bias.find_mentions(texts, lexicon)
+    mentions = slices.find_mentions(texts, lexicon)
     # Whole words in any case: 'the', 'theme' and 'shelter' hold 'he' or 'she' but do not mention them.
     assert mentions[("gender", "women")].tolist() == [1, 1, 0, 0, 0, 0, 0, 0, 0, 0]
     assert mentions[("gender", "men")].tolist() == [0, 0, 0, 1, 0, 0, 1, 0, 0, 0]
     assert mentions[("age", "old")].tolist() == [0, 0, 1, 0, 0, 0, 0, 1, 0, 0]
-    table = bias.slice_table(mentions, positive).set_index("group")
+    table = slices.slice_table(mentions, positive).set_index("group")
     # women: 2 rows, both positive; rest: 8 rows, 3 positive.
     assert table.loc["women", ["rows", "share", "positive_rate", "rest_positive_rate"]].tolist() == [2, 0.2, 1.0, 3 / 8]
     assert table.loc["women", "gap"] == pytest.approx(1 - 3 / 8)
@@ -229,14 +229,14 @@ def test_bias_numbers_on_a_hand_computed_frame():
 
 
 def test_slice_without_rows_has_no_rates():
-    mentions = bias.find_mentions(pd.Series(["a film", "a show"]), {("religion", "sikh"): ["sikh"]})
-    row = bias.slice_table(mentions, pd.Series([True, False])).iloc[0]
+    mentions = slices.find_mentions(pd.Series(["a film", "a show"]), {("religion", "sikh"): ["sikh"]})
+    row = slices.slice_table(mentions, pd.Series([True, False])).iloc[0]
     assert row["rows"] == 0 and row["share"] == 0
     assert pd.isna(row["positive_rate"]) and row["rest_positive_rate"] == 0.5
 
 
 def test_shipped_lexicon_covers_the_six_kinds_of_identity():
-    categories = {category for category, _ in bias.load_lexicon(None)}
+    categories = {category for category, _ in slices.load_lexicon(None)}
     assert categories == {"gender", "race or ethnicity", "religion", "age", "disability", "sexual orientation"}
 
 
@@ -257,7 +257,7 @@ def test_bad_lexicon_says_what_shape_it_needs(tmp_path, content, message):
     if content is not None:
         path.write_text(content)
     with pytest.raises(ConfigError, match=message):
-        bias.load_lexicon(path)
+        slices.load_lexicon(path)
 
 
 def test_cli_audits_one_file_prints_every_check_and_exits_by_severity(tmp_path, capsys):

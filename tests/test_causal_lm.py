@@ -12,14 +12,17 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline import lm_scoring, registry
-from pipeline.audit import audit_raw_data
+from pipeline.evaluation import lm_scoring
+
+from pipeline.governance import registry
+from pipeline.audit.checks import audit_raw_data
 from pipeline.config import METHODS, Config
 from pipeline.errors import DataError
-from pipeline.modeling import ADAPTER_CONFIG, load_causal_lm, load_tokenizer
-from pipeline.split import LABEL, TEXT
+from pipeline.training.models import ADAPTER_CONFIG, load_causal_lm, load_tokenizer
+from pipeline.data.split import LABEL, TEXT
 from pipeline.tasks import causal_lm, evaluate_model
-from pipeline.training import train_model
+from pipeline.tasks.causal_lm import chat, evaluation
+from pipeline.training.loop import train_model
 from tests.conftest import REPO, lm_config, tiny_llama
 
 SYSTEM = "You label the sentiment of movie reviews as positive or negative."
@@ -59,7 +62,7 @@ def test_a_too_long_example_keeps_its_answer_and_loses_the_prompt_start():
 
 
 def test_generated_answers_are_parsed_to_the_first_label_named():
-    parsed = causal_lm.parse_labels(["Positive.", "it is negative, not positive", "unsure", "positively"],
+    parsed = evaluation.parse_labels(["Positive.", "it is negative, not positive", "unsure", "positively"],
                                     {0: "negative", 1: "positive"})
     assert parsed.tolist() == [1, 0, -1, -1]
 
@@ -157,8 +160,8 @@ def test_every_method_trains_on_the_causal_lm_and_loads_back(trained_methods, to
     merged = method in ("lora", "dora", "ia3", "full", "freeze")
     assert (trained.model_dir / ADAPTER_CONFIG).is_file() != merged
     model = load_causal_lm(trained.model_dir)
-    prompts = causal_lm.prompt_ids(tokenizer, causal_lm.prompt_messages(config.task.causal_lm, ["fine"]))
-    assert len(causal_lm.generate(model, tokenizer, prompts, max_new_tokens=2, batch_size=1)) == 1
+    prompts = chat.prompt_ids(tokenizer, chat.prompt_messages(config.task.causal_lm, ["fine"]))
+    assert len(chat.generate(model, tokenizer, prompts, max_new_tokens=2, batch_size=1)) == 1
 
 
 def test_evaluation_reports_task_forgetting_and_bias_metrics(trained_methods, tmp_path):
@@ -187,8 +190,8 @@ def test_the_registered_pyfunc_generates_text_from_prompts(trained_methods, tmp_
     assert all(isinstance(text, str) for text in answers["response"])
     # the served model is the trained one: same greedy answers as generating from its directory
     tokenizer = load_tokenizer(trained.model_dir)
-    prompts = causal_lm.prompt_ids(tokenizer, [causal_lm.chat(SYSTEM, "Review: dull\nSentiment:")])
-    assert causal_lm.generate(load_causal_lm(trained.model_dir), tokenizer, prompts, config.task.causal_lm.max_new_tokens,
+    prompts = chat.prompt_ids(tokenizer, [chat.chat(SYSTEM, "Review: dull\nSentiment:")])
+    assert chat.generate(load_causal_lm(trained.model_dir), tokenizer, prompts, config.task.causal_lm.max_new_tokens,
                               1) == [answers["response"][1]]
 
 

@@ -10,7 +10,7 @@ import time
 import pytest
 import yaml
 
-from pipeline import registry
+from pipeline.governance import registry
 from pipeline.config import load_config
 from tests.conftest import mlflow_server, scratch_database, small_params, write_sst2_slice
 
@@ -25,10 +25,10 @@ def tracking_server(tmp_path):
 PROMOTE = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from pipeline import registry
+    from pipeline.governance import registry
     from pipeline.config import load_config
-    from pipeline.promotion import promote_candidate
-    from pipeline.split import read_split
+    from pipeline.governance.promotion import promote_candidate
+    from pipeline.data.split import read_split
 
     project, uri, name = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
     config = load_config(project)
@@ -49,7 +49,7 @@ def test_two_promotions_at_once_end_with_one_champion_the_better_one(tmp_path, t
     project.mkdir()
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     write_sst2_slice(project / "data/raw/sst2")
-    from pipeline.split import write_splits
+    from pipeline.data.split import write_splits
 
     config = load_config(project)
     write_splits(config)

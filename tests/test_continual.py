@@ -16,7 +16,8 @@ from prefect_dask import DaskTaskRunner
 
 from flows.continual import continual_flow, task_runner
 from flows.retrain import retrain
-from pipeline import continual, lineage, registry
+from pipeline.data import batches
+from pipeline.governance import lineage, registry
 from pipeline.config import load_config
 from pipeline.errors import AuditFailed, DriftFailed
 from tests.conftest import REPO, assert_operator_log, free_port, healthy, make_project, small_params, wait_for
@@ -80,8 +81,8 @@ def test_a_step_warm_starts_from_the_champion_and_records_its_lineage(stepped):
     (candidate,) = first.candidates
     tags = versions(project)[candidate.version].tags
     assert tags[lineage.PARENT_TAG] == "models:/tunegate-sst2/1"
-    assert tags[continual.TASKS_TAG] == "sst2,electronics"
-    assert tags[continual.BATCH_TAG] == "electronics"
+    assert tags[batches.TASKS_TAG] == "sst2,electronics"
+    assert tags[batches.BATCH_TAG] == "electronics"
     assert tags["data_version"] == first.data_version != versions(project)["1"].tags["data_version"]
     # the pool is DVC-versioned: the batch's splits are outputs of the split stage
     assert (project / "data/splits/batches/electronics/test.csv").is_file()
@@ -178,7 +179,7 @@ def test_a_scheduled_run_of_the_served_deployment_learns_a_dropped_batch(project
         learned = wait_for(lambda: versions(project).get("2"), 400, "version trained by a scheduled run",
                            [server, served])
         assert learned.tags[lineage.PARENT_TAG] == "models:/tunegate-sst2/1"
-        assert learned.tags[continual.BATCH_TAG] == "electronics"
+        assert learned.tags[batches.BATCH_TAG] == "electronics"
         # its decision is the flow's last line
         wait_for(lambda: "version 2 (params.yaml): " in log.read_text(), 120, "the run's decision in its log",
                  [server, served])

@@ -12,14 +12,15 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline import general
+from pipeline.evaluation import benchmarks
 from pipeline.config import load_config
 from pipeline.errors import ConfigError, DataError
-from pipeline.evaluation import (base_general_scores, benchmark_files, compute_metrics, evaluate_model,
-                                 general_scores)
-from pipeline.model_bias import counterfactual_gaps, counterfactual_metrics, group_metrics, group_summary_metrics
-from pipeline.modeling import load_classifier, load_tokenizer, resolve_model_path
-from pipeline.split import LABEL, TEXT
+from pipeline.evaluation.suites import benchmark_files, compute_metrics
+from pipeline.tasks import evaluate_model
+from pipeline.tasks.classification.evaluation import base_general_scores, general_scores
+from pipeline.evaluation.bias import counterfactual_gaps, counterfactual_metrics, group_metrics, group_summary_metrics
+from pipeline.training.models import load_classifier, load_tokenizer, resolve_model_path
+from pipeline.data.split import LABEL, TEXT
 from tests.conftest import REPO, small_params, write_benchmark_slices, write_sst2_slice
 
 # Five predictions, by hand: predicted classes 0, 0, 1, 1, 1 against references 0, 1, 1, 0, 1.
@@ -60,9 +61,9 @@ def test_a_perfectly_confident_right_model_has_no_calibration_error():
 
 
 def test_forgetting_is_base_minus_candidate_and_retained_their_ratio():
-    assert general.forgetting("stsb", base=0.8, candidate=0.7) == pytest.approx(
+    assert benchmarks.forgetting("stsb", base=0.8, candidate=0.7) == pytest.approx(
         {"forgetting_stsb": 0.1, "retained_stsb": 0.875})
-    improved = general.forgetting("stsb", base=0.5, candidate=0.6)
+    improved = benchmarks.forgetting("stsb", base=0.5, candidate=0.6)
     assert improved["forgetting_stsb"] == pytest.approx(-0.1) and improved["retained_stsb"] == pytest.approx(1.2)
 
 
@@ -83,11 +84,11 @@ def test_sts_spearman_ranks_cosine_similarities_against_gold_scores(tmp_path):
 
     # cosines 1, 0, 0.707 -> ranks 3, 1, 2 against gold 5.0, 0.5, 3.0 -> ranks 3, 1, 2.
     path = write_sts(tmp_path / "sts.csv")
-    assert general.sts_spearman(embed, path) == pytest.approx(1.0)
+    assert benchmarks.sts_spearman(embed, path) == pytest.approx(1.0)
     # Swap the orthogonal and the diagonal pair's vectors: cosine ranks 3, 2, 1; d = 0, 1, 1;
     # rho = 1 - 6 * 2 / (3 * (9 - 1)) = 0.5.
     vectors["orthogonal b"], vectors["diagonal b"] = [1, 1], [0, 1]
-    assert general.sts_spearman(embed, path) == pytest.approx(0.5)
+    assert benchmarks.sts_spearman(embed, path) == pytest.approx(0.5)
 
 
 def eec_frame() -> tuple[pd.DataFrame, np.ndarray]:

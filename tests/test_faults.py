@@ -13,7 +13,7 @@ import yaml
 
 from pipeline.config import load_config
 from pipeline.errors import EnvironmentProblem, ModelError
-from pipeline.modeling import resolve_model_path
+from pipeline.training.models import resolve_model_path
 from pipeline.preflight import run_preflight
 from tests.conftest import free_port, git, make_project, small_params
 

@@ -17,9 +17,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.audit import audit_file
+from pipeline.audit.checks import audit_file
 from pipeline.config import load_config
-from pipeline.data import READERS, read_table
+from pipeline.data.readers import READERS, read_table
 from pipeline.errors import ConfigError, TunegateError
 from tests.conftest import REPO
 

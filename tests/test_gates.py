@@ -1,5 +1,5 @@
 from pipeline.config import GatesConfig, PromotionLockConfig
-from pipeline.gates import Gate, decide, gated_metrics
+from pipeline.governance.gates import Gate, decide, gated_metrics
 
 LOCK = PromotionLockConfig(lease_s=600, wait_s=1200, poll_s=2)
 GATES = GatesConfig(min_accuracy=0.85, min_rouge_l=0.3, champion_tolerance=0.0, max_forgetting=None, max_bias_gap=None,

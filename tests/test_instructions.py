@@ -13,16 +13,17 @@ import pandas as pd
 import pytest
 
 from flows.cli import main
-from pipeline import model_card, registry
-from pipeline.audit import audit_raw_data
+from pipeline.governance import model_card, registry
+from pipeline.audit.checks import audit_raw_data
 from pipeline.config import GatesConfig, PromotionLockConfig
-from pipeline.data import MESSAGES, RESPONSE, read_instructions
+from pipeline.data.readers import MESSAGES, RESPONSE, read_instructions
 from pipeline.errors import AuditFailed, ConfigError, DataError
-from pipeline.evaluation import load_metric
-from pipeline.gates import decide
-from pipeline.modeling import load_causal_lm, load_tokenizer
-from pipeline.split import make_splits, read_split, write_splits
+from pipeline.evaluation.suites import load_metric
+from pipeline.governance.gates import decide
+from pipeline.training.models import load_causal_lm, load_tokenizer
+from pipeline.data.split import make_splits, read_split, write_splits
 from pipeline.tasks import causal_lm, evaluate_model, task_type
+from pipeline.tasks.causal_lm import chat
 from tests.conftest import REPO, lm_config, tiny_llama
 
 SYSTEM = "You rewrite sentences in other words, keeping their meaning."
@@ -145,7 +146,7 @@ def test_only_the_last_assistant_turn_carries_the_loss(tokenizer, tiny_dir, tmp_
     assert example["input_ids"] == prompt_tokens + answer_tokens
     assert example["labels"] == [-100] * len(prompt_tokens) + answer_tokens
     # a chat with its own system turn keeps it, and only it
-    own = causal_lm.conversations(config.task.causal_lm, read_instructions(BUNDLED / "train.jsonl").head(1))[0]
+    own = chat.conversations(config.task.causal_lm, read_instructions(BUNDLED / "train.jsonl").head(1))[0]
     assert [turn["role"] for turn in own] == ["system", "user"] and own[0]["content"] == SYSTEM
 
 
@@ -199,9 +200,9 @@ def test_the_registered_pyfunc_answers_chats_and_prompts(tiny_dir, tmp_path):
     answers = served.predict(pd.DataFrame({"messages": chats}))
     assert list(answers.columns) == ["response"] and len(answers) == 2
     # the served model is the registered one, and a chat without a system turn gets the trained system prompt
-    tokenizer = causal_lm.ensure_pad_token(load_tokenizer(model_dir))
-    conversations = [causal_lm.with_system(config.task.causal_lm.system_prompt, chat) for chat in chats]
-    expected = causal_lm.generate(load_causal_lm(model_dir), tokenizer, causal_lm.prompt_ids(tokenizer, conversations),
+    tokenizer = chat.ensure_pad_token(load_tokenizer(model_dir))
+    conversations = [chat.with_system(config.task.causal_lm.system_prompt, chat) for chat in chats]
+    expected = chat.generate(load_causal_lm(model_dir), tokenizer, chat.prompt_ids(tokenizer, conversations),
                                   5, batch_size=1)
     assert answers["response"].tolist() == expected
     prompted = served.predict(pd.DataFrame({"prompt": ["Rewrite: a cat sat."]}))

@@ -21,9 +21,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline import continual, gates, lineage, registry
+from pipeline.data import batches
+
+from pipeline.governance import gates, lineage, registry
 from pipeline.config import load_config
-from pipeline.promotion import DECISION_RECORD, FLOW_DECISION
+from pipeline.governance.promotion import DECISION_RECORD, FLOW_DECISION
 from tests.conftest import REPO, free_port, healthy, make_project, small_params, wait_for
 from tests.kill_at import KILLED_AT
 
@@ -36,10 +38,10 @@ class Step:
 
 
 STEPS = [
-    Step("audit", "pipeline.audit:write_report", "before"),               # every check run, no report written
+    Step("audit", "pipeline.audit.checks:write_report", "before"),               # every check run, no report written
     Step("split", "dvc.repo:Repo.push", "before"),                        # dvc.lock written, the splits not pushed
     Step("training", "transformers.trainer_callback:CallbackHandler.on_save", "before"),   # first checkpoint saved
-    Step("evaluation", "pipeline.evaluation:general_scores", "before"),   # task suite scored, general suite not
+    Step("evaluation", "pipeline.evaluation.suites:general_scores", "before"),   # task suite scored, general suite not
     Step("registration", "mlflow:register_model", "after"),               # version created, nothing decided
     # the decision and the move recorded; the alias not moved, no model card, no decision tags
     Step("promotion", "mlflow:MlflowClient.set_registered_model_alias", "before"),
@@ -48,7 +50,7 @@ TRAIN_ROWS = 160         # 10 steps of 16
 CHECKPOINT_STEPS = 5
 BATCH = "electronics"
 # registered, decided against the champion (its numbers logged in the run), the alias not moved
-CONTINUAL_KILL = Step("promotion", "pipeline.registry:move_alias", "before")
+CONTINUAL_KILL = Step("promotion", "pipeline.governance.registry:move_alias", "before")
 
 
 @dataclass(frozen=True)
@@ -232,13 +234,13 @@ def test_a_continual_step_killed_before_its_alias_moved_leaves_its_batch_to_the_
     assert killed.returncode == -signal.SIGKILL
     assert killed.log.rstrip().endswith(f"{KILLED_AT} {CONTINUAL_KILL.target} ({CONTINUAL_KILL.when})")
     assert set(killed.versions) == {"1", "2"} and killed.moves == runs["finished"].moves
-    assert not killed.versions["2"].finished and killed.versions["2"].tags[continual.BATCH_TAG] == BATCH
-    assert continual.next_batch(config, continual.used_batch_md5s(list(killed.versions.values()))).name == BATCH
+    assert not killed.versions["2"].finished and killed.versions["2"].tags[batches.BATCH_TAG] == BATCH
+    assert batches.next_batch(config, batches.used_batch_md5s(list(killed.versions.values()))).name == BATCH
 
     assert restarted.returncode == 0 and f"Batch {BATCH} learned." in restarted.log
     assert set(restarted.versions) == {"1", "2"} and restarted.versions["2"].finished
     assert restarted.versions["2"].aliases and [m.to_version for m in restarted.moves].count("2") == 1
-    assert continual.next_batch(config, continual.used_batch_md5s(list(restarted.versions.values()))) is None
+    assert batches.next_batch(config, batches.used_batch_md5s(list(restarted.versions.values()))) is None
     assert {registry.MODEL_CARD_ARTIFACT, DECISION_RECORD, lineage.RECORD_ARTIFACT, "MLmodel",
             "model.safetensors"} <= _files(project, "2")
     client = registry.connect(config)

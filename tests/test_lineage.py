@@ -20,10 +20,10 @@ from huggingface_hub import ModelCard
 
 from flows.cli import main
 from flows.retrain import retrain
-from pipeline import lineage, registry
+from pipeline.governance import lineage, registry
 from pipeline.config import load_config
 from pipeline.errors import ReproduceError
-from pipeline.modeling import resolve_model_path, weights_sha256
+from pipeline.training.models import resolve_model_path, weights_sha256
 from tests.conftest import free_port, make_project, small_params
 
 NAME = "tunegate-sst2"

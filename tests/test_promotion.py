@@ -14,12 +14,12 @@ import pytest
 import yaml
 
 from flows.cli import main
-from pipeline import gates, registry
+from pipeline.governance import gates, registry
 from pipeline.config import load_config
 from pipeline.errors import PromotionError
-from pipeline.evaluation import evaluate_model
-from pipeline.promotion import CHAMPION_REPORTS, DECISION_RECORD, override, promote_candidate, rollback
-from pipeline.split import read_split, write_splits
+from pipeline.tasks import evaluate_model
+from pipeline.governance.promotion import CHAMPION_REPORTS, DECISION_RECORD, override, promote_candidate, rollback
+from pipeline.data.split import read_split, write_splits
 from tests.conftest import small_params, write_benchmark_slices, write_sst2_slice
 
 MODEL = "tunegate-sst2"

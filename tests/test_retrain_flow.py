@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from flows.retrain import retrain
-from pipeline import registry
+from pipeline.governance import registry
 from pipeline.config import load_config
 from pipeline.errors import AuditFailed, DataError
 from tests.conftest import make_project, small_params

@@ -12,7 +12,7 @@ from transformers import BertConfig, BertForSequenceClassification
 
 from pipeline.config import load_config
 from pipeline.errors import ModelError
-from pipeline.modeling import load_classifier, resolve_model_path
+from pipeline.training.models import load_classifier, resolve_model_path
 from pipeline.redaction import redact
 from tests.conftest import REPO
 

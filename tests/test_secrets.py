@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from pipeline import registry
+from pipeline.governance import registry
 from pipeline.config import load_config
 from tests.conftest import assert_operator_log, make_project, scratch_database, small_params
 

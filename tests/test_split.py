@@ -6,7 +6,7 @@ import yaml
 
 from pipeline.config import load_config
 from pipeline.errors import DataError
-from pipeline.split import make_splits
+from pipeline.data.split import make_splits
 from tests.conftest import small_params, write_sst2_slice
 
 

@@ -20,16 +20,16 @@ import yaml
 from safetensors.torch import load_file
 
 from flows.retrain import retrain
-from pipeline import registry
+from pipeline.governance import registry
 from pipeline.config import METHODS, Config, load_config
 from pipeline.errors import ConfigError, ModelError
-from pipeline.methods import METHOD_BUILDERS
-from pipeline.methods.layers import build_full
-from pipeline.evaluation import predict_proba
-from pipeline.modeling import ADAPTER_CONFIG, load_classifier, load_tokenizer, resolve_model_path
-from pipeline.split import LABEL, TEXT, read_split
+from pipeline.training.methods import METHOD_BUILDERS
+from pipeline.training.methods.layers import build_full
+from pipeline.tasks.classification.evaluation import predict_proba
+from pipeline.training.models import ADAPTER_CONFIG, load_classifier, load_tokenizer, resolve_model_path
+from pipeline.data.split import LABEL, TEXT, read_split
 from pipeline.tasks import base_model
-from pipeline.training import (ShuffledLengthGroupedSampler, TrainResult, last_checkpoint, samples_trained,
+from pipeline.training.loop import (ShuffledLengthGroupedSampler, TrainResult, last_checkpoint, samples_trained,
                                train_model)
 from tests.conftest import REPO, make_project, small_params
 
@@ -213,8 +213,8 @@ TRAIN_IN_A_PROCESS = """
 import sys
 from pathlib import Path
 from pipeline.config import load_config
-from pipeline.split import read_split
-from pipeline.training import train_model
+from pipeline.data.split import read_split
+from pipeline.training.loop import train_model
 project, out = Path(sys.argv[1]), Path(sys.argv[2])
 train_model(load_config(project), read_split(project / "train.csv"), read_split(project / "validation.csv"), out)
 """

@@ -1,8 +1,8 @@
-"""Task types: one mapping from task.type to what differs (as pipeline/methods/ maps train.method to a builder).
+"""Task types: one mapping from task.type to what differs (as pipeline/training/methods/ maps train.method to a builder).
 
 The flow, the methods, the audit, the registry and the gates are one; a type decides the model class,
 the training examples and their collator, the validation and evaluation suites. The registry's pyfunc
-per type is in pipeline/registry.py (PYFUNCS), the one module that talks to MLflow.
+per type is in pipeline/governance/registry.py (PYFUNCS), the one module that talks to MLflow.
 """
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import pandas as pd
 
 from pipeline.config import Config
 from pipeline.errors import ConfigError
-from pipeline.evaluation import EvaluationReport
-from pipeline.methods import BaseModel
-from pipeline.modeling import base_model_dir
+from pipeline.evaluation.suites import EvaluationReport
+from pipeline.training.methods import BaseModel
+from pipeline.training.models import base_model_dir
 from pipeline.tasks import causal_lm, classification
 from pipeline.tasks.task import TaskType
 

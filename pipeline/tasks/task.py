@@ -10,7 +10,7 @@ from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from pipeline.config import Config, QloraConfig
-from pipeline.evaluation import EvaluationReport
+from pipeline.evaluation.suites import EvaluationReport
 
 
 @dataclass(frozen=True)

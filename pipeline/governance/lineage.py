@@ -21,7 +21,7 @@ from pipeline.config import Config
 from pipeline.errors import ReproduceError
 
 if TYPE_CHECKING:   # versioning imports DVC, which `tunegate lineage` does not need
-    from pipeline.versioning import DataVersion
+    from pipeline.data.versioning import DataVersion
 
 # The libraries whose versions decide what a run computes, as pip names them.
 LIBRARIES = ("torch", "transformers", "peft", "mlflow", "prefect", "dvc")
@@ -95,7 +95,7 @@ def starting_weights(config: Config, parent: str | None) -> dict[str, str]:
     """The base model and the sha256 of its weights; for a warm start, the parent version instead."""
     if parent is not None:
         return {"parent": parent}
-    from pipeline.modeling import base_model_dir, weights_sha256
+    from pipeline.training.models import base_model_dir, weights_sha256
 
     return {"base_model": config.model.base,
             "weights_sha256": weights_sha256(base_model_dir(config))}

@@ -11,9 +11,10 @@ from scipy.special import softmax
 from transformers import DataCollatorWithPadding, PreTrainedModel, PreTrainedTokenizerBase
 
 from pipeline.config import Config, QloraConfig
-from pipeline.evaluation import compute_metrics, evaluate_model
-from pipeline.modeling import count_tokens, load_classifier
-from pipeline.split import LABEL, TEXT
+from pipeline.evaluation.suites import compute_metrics
+from pipeline.tasks.classification.evaluation import evaluate
+from pipeline.training.models import count_tokens, load_classifier
+from pipeline.data.split import LABEL, TEXT
 from pipeline.tasks.task import TaskType
 
 
@@ -53,5 +54,5 @@ def purpose(config: Config) -> tuple[str, str]:
 TASK = TaskType(peft_task_type=PeftTaskType.SEQ_CLS, load_base=load_base, dataset=tokenize,
                 collator=DataCollatorWithPadding, validation_metrics=validation_metrics,
                 validation_metric_names=validation_metric_names, validation_rows=lambda config, frame: frame,
-                token_counts=token_counts, evaluate=evaluate_model,
+                token_counts=token_counts, evaluate=evaluate,
                 pipeline_tag="text-classification", purpose=purpose)

@@ -1,7 +1,7 @@
 """Deterministic train/validation/test splits: the `split` stage of dvc.yaml. A table's are stratified by
 label; instructions (data.format instructions) have no label and are split at random, by split.seed.
 
-Run by DVC as `python -m pipeline.split`; the files it writes are the data version.
+Run by DVC as `python -m pipeline.data.split`; the files it writes are the data version.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from pipeline.config import Config, DataConfig, load_config
-from pipeline.data import MESSAGES, READERS, RESPONSE, read_instructions, read_table, write_table
+from pipeline.data.readers import MESSAGES, READERS, RESPONSE, read_instructions, read_table, write_table
 from pipeline.errors import DataError, TunegateError
 
 SPLITS = ("train", "validation", "test")

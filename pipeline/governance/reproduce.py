@@ -14,7 +14,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline import lineage, registry, versioning
+from pipeline.governance import lineage, registry
+
+from pipeline.data import versioning
 from pipeline.config import Config
 from pipeline.errors import ReproduceError
 
@@ -27,12 +29,17 @@ TRAIN_AND_EVALUATE = """
 import json, sys
 from pathlib import Path
 from pipeline.config import load_config
-try:
-    from pipeline.tasks import evaluate_model        # by task type
-except ImportError:                                   # a commit from before task types: classification only
-    from pipeline.evaluation import evaluate_model
-from pipeline.split import read_split, split_paths
-from pipeline.training import train_model
+try:                                                  # the layout of pipeline/ by stage
+    from pipeline.data.split import read_split, split_paths
+    from pipeline.tasks import evaluate_model
+    from pipeline.training.loop import train_model
+except ImportError:                                   # a commit from before it: flat modules
+    from pipeline.split import read_split, split_paths
+    from pipeline.training import train_model
+    try:
+        from pipeline.tasks import evaluate_model    # by task type
+    except ImportError:                               # a commit from before task types: classification only
+        from pipeline.evaluation import evaluate_model
 config = load_config(".", sys.argv[2:])
 paths = split_paths(config)
 trained = train_model(config, read_split(paths.train), read_split(paths.validation),

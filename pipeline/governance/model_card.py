@@ -10,7 +10,7 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from pipeline.config import Config
-from pipeline.gates import BIAS_GAP_SUFFIX
+from pipeline.governance.gates import BIAS_GAP_SUFFIX
 from pipeline.tasks import task_type
 
 TEMPLATE = Path(__file__).parent / "resources" / "model_card.md.j2"
@@ -18,18 +18,18 @@ TASK_METRIC_PREFIX = "test_"
 # The section of params.yaml's train that each method reads, as the comment on train.method says.
 METHOD_SECTIONS = {"full": "layers", "freeze": "layers", "lora": "lora", "dora": "lora", "qlora": "lora",
                    "ia3": "ia3", "prompt_tuning": "prompt_tuning", "prefix_tuning": "prefix_tuning"}
-GROUP_GAP_SUFFIX = "_difference"   # group_<category>_dp_difference and their largest (pipeline.evaluation)
+GROUP_GAP_SUFFIX = "_difference"   # group_<category>_dp_difference and their largest (pipeline.evaluation.suites)
 
 
 @dataclass(frozen=True)
 class CardInputs:
     version: str                      # models:/NAME/N
-    lineage: dict[str, Any]           # pipeline.lineage.build_record's
+    lineage: dict[str, Any]           # pipeline.governance.lineage.build_record's
     data_version: str
     split_rows: dict[str, int]        # split name -> rows
     metrics: dict[str, float]         # the version's run metrics
     evaluation: dict[str, Any]        # EvaluationReport.details
-    audit: dict[str, Any]             # pipeline.audit_report.as_json
+    audit: dict[str, Any]             # pipeline.audit.report.as_json
     decision: dict[str, Any]          # the promote step's decision record (decision.json)
 
 

@@ -1,7 +1,7 @@
 """Fine-tuning methods: one mapping from train.method to a builder (as peft maps a method's name to its classes).
 
 A builder loads the base model the way its method needs and returns it ready to train, with what the
-training loop needs to know about it. A method is configuration of the one loop in pipeline/training.py.
+training loop needs to know about it. A method is configuration of the one loop in pipeline/training/loop.py.
 One module per family: layers.py (full, freeze), adapters.py (peft methods).
 """
 from __future__ import annotations
@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import Callable
 
 from pipeline.config import TrainConfig
-from pipeline.methods import adapters, layers
-from pipeline.methods.method import BaseModel, MethodSetup, ModelBuilder
-from pipeline.modeling import require_4bit_support
+from pipeline.training.methods import adapters, layers
+from pipeline.training.methods.method import BaseModel, MethodSetup, ModelBuilder
+from pipeline.training.models import require_4bit_support
 
 METHOD_BUILDERS: dict[str, ModelBuilder] = {
     "full": layers.build_full,

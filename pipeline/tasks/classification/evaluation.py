@@ -1,79 +1,25 @@
-"""Evaluation of a saved model: task suite, general suite and forgetting, model bias, one report.
-
-Every number a promotion gate reads comes from `evaluate_model`, under stable names:
-test_<metric>, earlier_<task>_<metric>, general_<benchmark>_<score>, forgetting_<benchmark>,
-retained_<benchmark>, <corpus>_<attribute>_gap / _p_value / _<group>_mean,
-group_<category>_dp_difference / _eo_difference and their largest, group_dp_difference / group_eo_difference.
-"""
+"""Evaluation of a saved classifier: the task suite on the test split and each earlier task's, the general
+suite of its encoder against the base model's (forgetting), counterfactual and group bias; one report."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-import datasets
-import evaluate
 import numpy as np
 import pandas as pd
 import torch
 from sklearn.metrics import confusion_matrix
-from transformers import BatchEncoding, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from pipeline import bias, general, model_bias
-from pipeline.config import Config, EvaluateConfig
-from pipeline.data import read_table
-from pipeline.errors import ConfigError, DataError
-from pipeline.evaluation_report import write_report
-from pipeline.modeling import backbone, base_model_dir, load_classifier, load_tokenizer, weights_sha256
-from pipeline.split import LABEL, TEXT, to_canonical
-
-METRICS_DIR = Path(__file__).parent / "metrics"
-
-
-@dataclass(frozen=True)
-class EvaluationReport:
-    metrics: dict[str, float]     # flat, stable names: what MLflow, the gates and `tunegate models` read
-    details: dict[str, Any]       # everything else in the JSON report: confusion matrix, groups, timings
-    path: Path                    # evaluation.json
-    artifacts: list[Path]         # the JSON, the HTML page and its plots
-
-
-def load_metric(name: str) -> evaluate.EvaluationModule:
-    script = METRICS_DIR / f"{name}.py"
-    if not script.is_file():
-        known = ", ".join(sorted(p.stem for p in METRICS_DIR.glob("*.py") if p.stem != "__init__"))
-        raise ConfigError(f"Unknown metric {name!r} in evaluate.metrics; available: {known}.")
-    return evaluate.load(str(script))
-
-
-def compute_metrics(settings: EvaluateConfig, probs: np.ndarray, references: np.ndarray) -> dict[str, float]:
-    """evaluate.metrics on class probabilities; a module whose predictions feature is a list gets the
-    probabilities, any other the predicted class ids."""
-    scores: dict[str, float] = {}
-    options = settings.metric_options or {}
-    for name in settings.metrics:
-        metric = load_metric(name)
-        takes_probs = isinstance(metric.features["predictions"], datasets.List)
-        predictions = probs if takes_probs else probs.argmax(axis=1)
-        try:
-            scores.update(metric.compute(predictions=predictions, references=references, **options.get(name, {})))
-        except (TypeError, ValueError) as exc:
-            if name not in options:
-                raise
-            raise ConfigError(f"evaluate.metric_options.{name} {options[name]}: {exc}") from exc
-    return scores
-
-
-def length_sorted_batches(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int, batch_size: int,
-                          device: torch.device) -> Iterator[tuple[np.ndarray, BatchEncoding]]:
-    """(row indices, padded batch) in order of text length, so that padding stays short."""
-    order = np.argsort([len(t) for t in texts], kind="stable")
-    for start in range(0, len(texts), batch_size):
-        idx = order[start:start + batch_size]
-        batch = tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=max_length,
-                          return_tensors="pt")
-        yield idx, batch.to(device)
+from pipeline.config import Config
+from pipeline.data.readers import read_table
+from pipeline.data.split import LABEL, TEXT, to_canonical
+from pipeline.evaluation import benchmarks, bias
+from pipeline.evaluation.report import write_report
+from pipeline.evaluation.suites import (EvaluationReport, benchmark_files, compute_metrics, group_suite,
+                                        length_sorted_batches)
+from pipeline.training.models import backbone, base_model_dir, load_classifier, load_tokenizer, weights_sha256
 
 
 @torch.inference_mode()
@@ -85,6 +31,7 @@ def predict_proba(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, te
     for idx, batch in length_sorted_batches(tokenizer, texts, max_length, batch_size, model.device):
         probs[idx] = torch.softmax(model(**batch).logits.float(), dim=-1).cpu().numpy()
     return probs
+
 
 
 @torch.inference_mode()
@@ -101,28 +48,13 @@ def embed(encoder: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: l
     return vectors
 
 
-def benchmark_files(config: Config) -> dict[str, Path]:
-    """Every file the evaluation reads besides the test split, by its params.yaml key; checked before any work."""
-    settings = config.evaluate
-    files = {f"evaluate.general[{i}].path": b.path for i, b in enumerate(settings.general)}
-    files |= {f"evaluate.earlier_tasks[{i}].path": t.path for i, t in enumerate(settings.earlier_tasks)}
-    if settings.counterfactual is not None:
-        files["evaluate.counterfactual.path"] = settings.counterfactual.path
-    paths = {key: config.path(path) for key, path in files.items()}
-    for key, path in paths.items():
-        if not path.is_file():
-            raise DataError(f"Benchmark file {path} not found: set {key} in params.yaml to an existing file, "
-                            f"or remove that entry to skip it.")
-    for i, benchmark in enumerate(settings.general):
-        general.kind_of(benchmark, i)
-    return paths
-
 
 def task_suite(config: Config, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                frame: pd.DataFrame) -> tuple[dict[str, float], np.ndarray]:
     """evaluate.metrics on a frame of the split format, and the predicted class probabilities."""
     probs = predict_proba(model, tokenizer, frame[TEXT].tolist(), config.model.max_length, config.evaluate.batch_size)
     return compute_metrics(config.evaluate, probs, frame[LABEL].to_numpy()), probs
+
 
 
 def earlier_task_scores(config: Config, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
@@ -136,14 +68,16 @@ def earlier_task_scores(config: Config, model: PreTrainedModel, tokenizer: PreTr
     return scores
 
 
+
 def general_scores(config: Config, encoder: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                    paths: dict[str, Path]) -> dict[str, float]:
     """Each general benchmark's score for an encoder, by benchmark name."""
     def encode(texts: list[str]) -> np.ndarray:
         return embed(encoder, tokenizer, texts, config.model.max_length, config.evaluate.batch_size)
 
-    return {b.name: general.score(b, paths[f"evaluate.general[{i}].path"], encode)
+    return {b.name: benchmarks.score(b, paths[f"evaluate.general[{i}].path"], encode)
             for i, b in enumerate(config.evaluate.general)}
+
 
 
 def base_general_scores(config: Config, paths: dict[str, Path]) -> dict[str, float]:
@@ -151,10 +85,10 @@ def base_general_scores(config: Config, paths: dict[str, Path]) -> dict[str, flo
     base_dir = base_model_dir(config)
     weights = weights_sha256(base_dir)
     cache_dir = config.path(config.evaluate.base_cache_dir)
-    files = {b.name: general.base_cache_file(cache_dir, b, paths[f"evaluate.general[{i}].path"], weights,
+    files = {b.name: benchmarks.base_cache_file(cache_dir, b, paths[f"evaluate.general[{i}].path"], weights,
                                              config.model.max_length)
              for i, b in enumerate(config.evaluate.general)}
-    scores = {name: general.read_cached(file) for name, file in files.items()}
+    scores = {name: benchmarks.read_cached(file) for name, file in files.items()}
     if any(value is None for value in scores.values()):
         # The base checkpoint loaded as the candidates are, so its encoder is the same module
         # (a classification head is added and never used).
@@ -162,32 +96,24 @@ def base_general_scores(config: Config, paths: dict[str, Path]) -> dict[str, flo
         for benchmark in config.evaluate.general:
             if scores[benchmark.name] is None:
                 scores[benchmark.name] = fresh[benchmark.name]
-                general.write_cached(files[benchmark.name], benchmark, config.model.base, fresh[benchmark.name])
+                benchmarks.write_cached(files[benchmark.name], benchmark, config.model.base, fresh[benchmark.name])
     return scores
 
 
+
 def counterfactual_suite(config: Config, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                         path: Path) -> list[model_bias.AttributeGap]:
+                         path: Path) -> list[bias.AttributeGap]:
     counterfactual = config.evaluate.counterfactual
     frame = read_table(path)
-    model_bias.check_columns(frame, counterfactual, str(path))
+    bias.check_columns(frame, counterfactual, str(path))
     probs = predict_proba(model, tokenizer, frame[counterfactual.text_column].tolist(), config.model.max_length,
                           config.evaluate.batch_size)
     positive = config.data.label_values.index(config.audit.bias.positive_label)
-    return model_bias.counterfactual_gaps(frame, probs[:, positive], counterfactual)
+    return bias.counterfactual_gaps(frame, probs[:, positive], counterfactual)
 
 
-def group_suite(config: Config, frame: pd.DataFrame, probs: np.ndarray) -> list[model_bias.CategoryGroups]:
-    """Group metrics on the identity slices of a split, found with the audit's lexicon and settings."""
-    settings = config.audit.bias
-    lexicon = bias.load_lexicon(config.path(settings.lexicon) if settings.lexicon else None)
-    positive = config.data.label_values.index(settings.positive_label)
-    return model_bias.group_metrics(bias.find_mentions(frame[TEXT], lexicon),
-                                    (frame[LABEL] == settings.positive_label).to_numpy(),
-                                    probs.argmax(axis=1) == positive, settings.min_slice_rows)
 
-
-def evaluate_model(config: Config, model_dir: Path, test_frame: pd.DataFrame, report_dir: Path) -> EvaluationReport:
+def evaluate(config: Config, model_dir: Path, test_frame: pd.DataFrame, report_dir: Path) -> EvaluationReport:
     """Evaluate a saved classifier on everything params.yaml's evaluate section lists; write the report."""
     paths = benchmark_files(config)
     seconds: dict[str, float] = {}
@@ -210,7 +136,7 @@ def evaluate_model(config: Config, model_dir: Path, test_frame: pd.DataFrame, re
                  "confusion_matrix": confusion_matrix(labels, probs.argmax(axis=1),
                                                       labels=config.data.label_values).tolist()}}
     groups = group_suite(config, test_frame, probs)
-    metrics |= model_bias.group_summary_metrics(groups)
+    metrics |= bias.group_summary_metrics(groups)
     details["groups"] = {"min_rows": config.audit.bias.min_slice_rows, "categories": [g.as_dict() for g in groups]}
     lap("task")
     metrics |= earlier_task_scores(config, model, tokenizer, paths)
@@ -223,14 +149,14 @@ def evaluate_model(config: Config, model_dir: Path, test_frame: pd.DataFrame, re
     details["general"] = {}
     for benchmark in config.evaluate.general:
         name = benchmark.name
-        metrics[general.score_name(benchmark)] = candidate[name]
-        metrics |= general.forgetting(name, base[name], candidate[name])
-        details["general"][name] = {"kind": benchmark.kind, "score": general.KINDS[benchmark.kind].score,
+        metrics[benchmarks.score_name(benchmark)] = candidate[name]
+        metrics |= benchmarks.forgetting(name, base[name], candidate[name])
+        details["general"][name] = {"kind": benchmark.kind, "score": benchmarks.KINDS[benchmark.kind].score,
                                     "base": base[name], "candidate": candidate[name]}
 
     if config.evaluate.counterfactual is not None:
         gaps = counterfactual_suite(config, model, tokenizer, paths["evaluate.counterfactual.path"])
-        metrics |= model_bias.counterfactual_metrics(config.evaluate.counterfactual.name, gaps)
+        metrics |= bias.counterfactual_metrics(config.evaluate.counterfactual.name, gaps)
         details["counterfactual"] = {"name": config.evaluate.counterfactual.name,
                                      "alpha": config.evaluate.counterfactual.alpha,
                                      "attributes": [gap.as_dict() for gap in gaps]}
@@ -238,3 +164,4 @@ def evaluate_model(config: Config, model_dir: Path, test_frame: pd.DataFrame, re
     details["seconds"] = seconds
     path, artifacts = write_report(report_dir, metrics, details)
     return EvaluationReport(metrics=metrics, details=details, path=path, artifacts=artifacts)
+

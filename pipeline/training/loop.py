@@ -1,6 +1,6 @@
 """Fine-tuning: setup → train → save, one loop for every method and task type, run by the transformers Trainer.
 
-train.method picks a builder (pipeline/methods/), task.type the model class, the examples and their
+train.method picks a builder (pipeline/training/methods/), task.type the model class, the examples and their
 collator (pipeline/tasks/); everything else is the same for every method: seeded
 batches of similar lengths padded per batch, warm-up and decay, clipping, evaluation every eval_steps,
 early stopping, checkpoints every save_steps that a re-run resumes from, and the best checkpoint saved.
@@ -23,8 +23,8 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from pipeline.config import Config, TrainConfig
 from pipeline.errors import ConfigError
-from pipeline.methods import METHOD_BUILDERS, check_supported
-from pipeline.modeling import base_model_dir, load_tokenizer
+from pipeline.training.methods import METHOD_BUILDERS, check_supported
+from pipeline.training.models import base_model_dir, load_tokenizer
 from pipeline.tasks import base_model, task_type
 
 TRAINER_STATE = "trainer_state.json"   # the Trainer writes it last: a checkpoint with it is complete

@@ -16,12 +16,12 @@ from pathlib import Path
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from pipeline.audit import AuditReport, audit_files
+from pipeline.audit.checks import AuditReport, audit_files
 from pipeline.config import Config, EarlierTask
-from pipeline.data import READERS
+from pipeline.data.readers import READERS
 from pipeline.errors import AuditFailed, ConfigError, DataError
-from pipeline.registry import VersionRow
-from pipeline.split import LABEL, TEXT, SplitPaths, batch_files, read_split, split_paths
+from pipeline.governance.registry import VersionRow
+from pipeline.data.split import LABEL, TEXT, SplitPaths, batch_files, read_split, split_paths
 
 # Lineage tags of a version trained by a continual step (parent_model and data_version are shared with
 # the warm start of `model.base: models:/...`).

@@ -21,7 +21,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types.schema import Array, ColSpec, Object, Property, Schema
 
-from pipeline import lineage
+from pipeline.governance import lineage
 from pipeline.config import Config
 from pipeline.errors import EnvironmentProblem, ModelError, PromotionError
 from pipeline.redaction import redact, redact_values
@@ -48,7 +48,7 @@ class Candidate:
     metrics: dict[str, float]
     tags: dict[str, str]
     artifacts: list[Path]
-    lineage: dict[str, Any] = field(default_factory=dict)   # pipeline.lineage.build_record's
+    lineage: dict[str, Any] = field(default_factory=dict)   # pipeline.governance.lineage.build_record's
     lineage_texts: dict[str, str] = field(default_factory=dict)   # artifact path -> text (params.yaml, dvc.lock)
 
 
@@ -82,7 +82,7 @@ class TextClassifier(mlflow.pyfunc.PythonModel):
     """pyfunc wrapper: sentences in, label names and probabilities out."""
 
     def load_context(self, context) -> None:
-        from pipeline.modeling import load_classifier, load_tokenizer
+        from pipeline.training.models import load_classifier, load_tokenizer
 
         model_dir = Path(context.artifacts[MODEL_ARTIFACT])
         self.model = load_classifier(model_dir)
@@ -90,7 +90,7 @@ class TextClassifier(mlflow.pyfunc.PythonModel):
         self.max_length = int(context.model_config.get("max_length", 128))
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        from pipeline.evaluation import predict_proba
+        from pipeline.tasks.classification.evaluation import predict_proba
 
         # MLflow hands over a DataFrame whether it was given one or a list of strings.
         texts = model_input.iloc[:, 0].astype(str).tolist()
@@ -106,8 +106,8 @@ class TextGenerator(mlflow.pyfunc.PythonModel):
     chat without one. The generated answers out."""
 
     def load_context(self, context) -> None:
-        from pipeline.modeling import load_causal_lm, load_tokenizer
-        from pipeline.tasks.causal_lm import ensure_pad_token
+        from pipeline.training.models import load_causal_lm, load_tokenizer
+        from pipeline.tasks.causal_lm.chat import ensure_pad_token
 
         model_dir = Path(context.artifacts[MODEL_ARTIFACT])
         self.model = load_causal_lm(model_dir)
@@ -116,7 +116,7 @@ class TextGenerator(mlflow.pyfunc.PythonModel):
         self.max_new_tokens = int(context.model_config.get("max_new_tokens", 32))
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        from pipeline.tasks.causal_lm import chat, generate, prompt_ids, with_system
+        from pipeline.tasks.causal_lm.chat import chat, generate, prompt_ids, with_system
 
         def conversation(number: int, row: pd.Series) -> list[dict[str, str]]:
             turns, prompt = row.get(CHAT_COLUMN), row.get(PROMPT_COLUMN)
@@ -323,9 +323,9 @@ def _registration_unannounced() -> Iterator[None]:
 
 
 def _base_model_requirements(model_dir: Path) -> list[str]:
-    # here, not at the top: pipeline.modeling imports torch and transformers (seconds), which the
+    # here, not at the top: pipeline.training.models imports torch and transformers (seconds), which the
     # commands that only read the registry (`tunegate models`) do not need
-    from pipeline.modeling import base_model_requirements
+    from pipeline.training.models import base_model_requirements
 
     return base_model_requirements(model_dir)
 
@@ -585,7 +585,7 @@ def report_artifact(path: Path) -> str:
 def resolve_parent(config: Config, model_uri: str) -> tuple[Path, str]:
     """A warm start's parent: its transformers directory and its URI with the version number
     (an alias moves; the lineage must name the version it started from)."""
-    from pipeline.modeling import ADAPTER_CONFIG
+    from pipeline.training.models import ADAPTER_CONFIG
 
     uri = find_version(config, model_uri).uri
     model_dir = download_model(config, uri)

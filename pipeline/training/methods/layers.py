@@ -15,7 +15,7 @@ from transformers import PreTrainedModel, TrainerCallback
 
 from pipeline.config import LayersConfig, TrainConfig
 from pipeline.errors import ModelError
-from pipeline.methods.method import BaseModel, MethodSetup
+from pipeline.training.methods.method import BaseModel, MethodSetup
 
 Block = list[tuple[str, nn.Parameter]]
 

@@ -12,7 +12,7 @@ from peft import prepare_model_for_kbit_training
 from transformers import PreTrainedModel
 
 from pipeline.config import TrainConfig
-from pipeline.methods.method import BaseModel, MethodSetup
+from pipeline.training.methods.method import BaseModel, MethodSetup
 
 
 def build_lora(base: BaseModel, train: TrainConfig) -> MethodSetup:

@@ -22,12 +22,12 @@ from great_expectations.expectations import Expectation
 from great_expectations.expectations.row_conditions import Column
 from great_expectations.validator.exception_info import ExceptionInfo
 
-from pipeline import bias
-from pipeline.audit_report import AuditReport, CheckResult, FileAudit, write_report
+from pipeline.audit import slices
+from pipeline.audit.report import AuditReport, CheckResult, FileAudit, write_report
 from pipeline.config import Check, Config
-from pipeline.data import MESSAGES, RESPONSE, read_instructions, read_table
+from pipeline.data.readers import MESSAGES, RESPONSE, read_instructions, read_table
 from pipeline.errors import AuditFailed
-from pipeline.modeling import PreTrainedTokenizerBase, base_model_dir, load_tokenizer
+from pipeline.training.models import PreTrainedTokenizerBase, base_model_dir, load_tokenizer
 from pipeline.tasks import causal_lm, task_type
 
 # Columns the audit derives for its expectations.
@@ -58,7 +58,7 @@ class Tools:
     """What every file's audit needs, loaded once per audit."""
     batches: BatchDefinition
     tokenizer: PreTrainedTokenizerBase
-    lexicon: bias.Lexicon
+    lexicon: slices.Lexicon
 
 
 def normalise(texts: pd.Series) -> pd.Series:
@@ -273,27 +273,27 @@ def class_specs(config: Config, classes: pd.DataFrame) -> list[Spec]:
     ]
 
 
-def slice_specs(config: Config, slices: pd.DataFrame) -> list[Spec]:
+def slice_specs(config: Config, slice_rows: pd.DataFrame) -> list[Spec]:
     """Under-represented identity slices, and positive-rate gaps in the slices large enough to measure one."""
     settings, E, text = config.audit.bias, gx.expectations, config.data.text_column
-    measured = slices[slices["rows"] >= settings.min_slice_rows]
+    measured = slice_rows[slice_rows["rows"] >= settings.min_slice_rows]
     largest = measured["gap"].abs().idxmax() if measured["gap"].notna().any() else None
 
     def slice_name(i: int) -> str:
-        return f"{slices.loc[i, 'category']}: {slices.loc[i, 'group']}"
+        return f"{slice_rows.loc[i, 'category']}: {slice_rows.loc[i, 'group']}"
 
     def named(i: int) -> str:
-        return f"{slice_name(i)} ({slices.loc[i, 'rows']} rows)"
+        return f"{slice_name(i)} ({slice_rows.loc[i, 'rows']} rows)"
 
     def with_rates(i: int) -> str:
-        return (f"{named(i)}: positive rate {slices.loc[i, 'positive_rate']:.3f} vs "
-                f"{slices.loc[i, 'rest_positive_rate']:.3f} in the rest, gap {slices.loc[i, 'gap']:+.3f}")
+        return (f"{named(i)}: positive rate {slice_rows.loc[i, 'positive_rate']:.3f} vs "
+                f"{slice_rows.loc[i, 'rest_positive_rate']:.3f} in the rest, gap {slice_rows.loc[i, 'gap']:+.3f}")
 
     def under(r: dict[str, Any]) -> str:
         indices = r["partial_unexpected_index_list"]
-        absent = ", ".join(slice_name(i) for i in indices if not slices.loc[i, "rows"])
-        few = ", ".join(named(i) for i in indices if slices.loc[i, "rows"])
-        return (f"{_count(r)} of {len(slices)} slices under {settings.representation.min_share:.2%} of rows"
+        absent = ", ".join(slice_name(i) for i in indices if not slice_rows.loc[i, "rows"])
+        few = ", ".join(named(i) for i in indices if slice_rows.loc[i, "rows"])
+        return (f"{_count(r)} of {len(slice_rows)} slices under {settings.representation.min_share:.2%} of rows"
                 + (f"; not mentioned at all: {absent}" if absent else "")
                 + (f"; mentioned rarely: {few}" if few else ""))
 
@@ -311,7 +311,7 @@ def slice_specs(config: Config, slices: pd.DataFrame) -> list[Spec]:
                                              max_value=settings.positive_rate_gap.max_gap,
                                              row_condition=Column("rows") >= settings.min_slice_rows),
              f"|gap| <= {settings.positive_rate_gap.max_gap:.2f} in slices of >= {settings.min_slice_rows} rows",
-             observe=lambda r: None if largest is None else round(abs(float(slices.loc[largest, "gap"])), 6),
+             observe=lambda r: None if largest is None else round(abs(float(slice_rows.loc[largest, "gap"])), 6),
              describe=gaps),
     ]
 
@@ -366,10 +366,10 @@ def audit_table(config: Config, tools: Tools, source: str, frame: pd.DataFrame, 
     labels, texts = table[config.data.label_column], text_values(table, config.data.text_column)
     classes = class_table(config, labels)
     positive = labels == str(config.audit.bias.positive_label)
-    slices = bias.slice_table(bias.find_mentions(texts, tools.lexicon), positive)
+    slice_rows = slices.slice_table(slices.find_mentions(texts, tools.lexicon), positive)
     checks += validate(tools.batches, source, classes, class_specs(config, classes), len(classes))
-    checks += validate(tools.batches, source, slices, slice_specs(config, slices), len(slices))
-    return FileAudit(source, len(frame), checks, classes, slices)
+    checks += validate(tools.batches, source, slice_rows, slice_specs(config, slice_rows), len(slice_rows))
+    return FileAudit(source, len(frame), checks, classes, slice_rows)
 
 
 def audit_files(config: Config, sources: list[str], train: str | None, name: str) -> AuditReport:
@@ -381,7 +381,7 @@ def audit_files(config: Config, sources: list[str], train: str | None, name: str
     frames = {source: (read_instructions if instructions else read_table)(config.path(source)) for source in sources}
     lexicon = config.audit.bias.lexicon
     tools = Tools(batch_definition(), load_tokenizer(base_model_dir(config)),
-                  bias.load_lexicon(config.path(lexicon) if lexicon else None))
+                  slices.load_lexicon(config.path(lexicon) if lexicon else None))
     tables = {source: (instruction_table if instructions else row_table)(config, frame, tools.tokenizer)
               for source, frame in frames.items()}
     if train is not None and NORMALISED in tables[train]:

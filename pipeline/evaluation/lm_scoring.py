@@ -18,7 +18,7 @@ import torch
 from sklearn.model_selection import train_test_split
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from pipeline.data import read_table
+from pipeline.data.readers import read_table
 from pipeline.errors import DataError
 
 TokenIds = list[int]

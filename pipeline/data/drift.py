@@ -20,7 +20,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import cross_val_predict
 
 from pipeline.config import Check, DriftConfig
-from pipeline.split import LABEL, TEXT
+from pipeline.data.split import LABEL, TEXT
 
 LENGTH_BINS = 10      # quantile bins of the reference's text lengths
 CLASSIFIER_FOLDS = 3

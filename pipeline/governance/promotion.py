@@ -10,10 +10,10 @@ from typing import Any
 
 import pandas as pd
 
-from pipeline import gates, registry
+from pipeline.governance import gates, registry
 from pipeline.config import Config
 from pipeline.errors import PromotionError
-from pipeline.registry import CHALLENGER, CHAMPION, AliasMove, RegisteredVersion
+from pipeline.governance.registry import CHALLENGER, CHAMPION, AliasMove, RegisteredVersion
 
 FLOW_DECISION, OVERRIDE, ROLLBACK = "flow decision", "override", "rollback"
 DECISION_RECORD = "decision.json"     # in the candidate's run

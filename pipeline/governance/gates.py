@@ -12,7 +12,7 @@ from pipeline.config import GatesConfig
 # the accuracy of labels (a table), the ROUGE-L of free-form responses (data.format instructions). A run has one.
 TASK_METRICS = {"test_accuracy": ("min_accuracy", "accuracy", "accuracy"),
                 "test_rouge_l": ("min_rouge_l", "rouge_l", "ROUGE-L")}
-# Names pipeline.evaluation gives: forgetting_<benchmark> and <corpus>_<attribute>_gap.
+# Names pipeline.evaluation.suites gives: forgetting_<benchmark> and <corpus>_<attribute>_gap.
 FORGETTING_PREFIX = "forgetting_"
 BIAS_GAP_SUFFIX = "_gap"
 # The candidate's run logs the champion's numbers it was compared with under this prefix.

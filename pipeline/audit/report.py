@@ -122,7 +122,7 @@ def write_report(files: list[FileAudit], report_dir: Path, name: str) -> AuditRe
     report = AuditReport(files, report_dir / f"{name}.json", report_dir / f"{name}.html")
     report_dir.mkdir(parents=True, exist_ok=True)
     report.json_path.write_text(json.dumps(as_json(report), indent=2, default=str), encoding="utf-8")
-    environment = jinja2.Environment(loader=jinja2.PackageLoader("pipeline", "resources"), autoescape=True,
+    environment = jinja2.Environment(loader=jinja2.PackageLoader("pipeline.audit", "resources"), autoescape=True,
                                      undefined=jinja2.StrictUndefined)
     environment.filters["show"] = _show
     environment.filters["rate"] = _rate

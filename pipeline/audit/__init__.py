@@ -1,0 +1,2 @@
+"""The data audit: quality checks with Great Expectations (checks), identity slices found with a lexicon
+(slices), and the report a reviewer reads (report). A failed error-level check stops the run."""
