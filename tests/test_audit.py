@@ -10,7 +10,8 @@ import yaml
 
 from flows.cli import main
 from pipeline.audit import slices
-from pipeline.audit.checks import audit_file, audit_raw_data, batch_definition, class_specs, class_table, validate
+from pipeline.audit.checks import audit_file, audit_raw_data, batch_definition, class_table, validate
+from pipeline.audit.expectations import class_specs
 from pipeline.config import apply_override, load_config
 from pipeline.data.readers import read_table
 from pipeline.errors import AuditFailed, ConfigError, DataError
