@@ -30,7 +30,9 @@ sys.path.insert(0, str(PROJECT))
 # The tests' project maker and tracking server: the benchmark runs on the same harness (offline, quiet; see there).
 from tests.conftest import make_project, mlflow_server, scratch_database, small_params  # noqa: E402
 
-from pipeline.governance import gates, lineage, registry  # noqa: E402
+from pipeline.governance import gates, lineage, versions  # noqa: E402
+from pipeline.governance.aliases import AliasMove, alias_history  # noqa: E402
+from pipeline.governance.store import connect  # noqa: E402
 from pipeline.config import Config, load_config  # noqa: E402
 from pipeline.errors import ModelError  # noqa: E402
 
@@ -50,7 +52,7 @@ PARAMS = small_params(
     # every promotion of ten waits its turn for the lock: a wait as long as the runs may take
     gates={"min_accuracy": 0.55, "lock": {"lease_s": 600, "wait_s": RUN_TIMEOUT_S, "poll_s": 0.5}})
 # Where each version keeps what `tunegate reproduce`, `lineage` and the model card read, relative to its run.
-RUN_ARTIFACTS = ["reports/audit.json", "reports/evaluation.json", registry.MODEL_CARD_ARTIFACT, "decision.json",
+RUN_ARTIFACTS = ["reports/audit.json", "reports/evaluation.json", versions.MODEL_CARD_ARTIFACT, "decision.json",
                  lineage.RECORD_ARTIFACT, lineage.PARAMS_ARTIFACT, lineage.DVC_LOCK_ARTIFACT]
 MODEL_FILES = ["config.json", "model.safetensors", "tokenizer.json"]
 LINEAGE_TAGS = ["git_commit", "data_version", "params_hash", "base_model"]
@@ -96,11 +98,11 @@ def missing_artifacts(config: Config, version: str, run_id: str) -> list[str]:
     missing = []
     for path in RUN_ARTIFACTS:
         try:
-            registry.read_run_text(config, run_id, path)
+            versions.read_run_text(connect(config), run_id, path)
         except ModelError:
             missing.append(path)
     try:
-        model_dir = registry.download_model(config, f"models:/{config.registry.model_name}/{version}")
+        model_dir = versions.download_model(connect(config), f"models:/{config.registry.model_name}/{version}")
     except ModelError:
         return [*missing, "model"]
     return missing + [f"model/{name}" for name in MODEL_FILES
@@ -113,12 +115,13 @@ REGISTERED_ALL, ARTIFACTS, LINEAGE, HISTORY, CHAMPION = (
     "champion is on the best passing version")
 
 
-def check_store(config: Config, runs: list[dict]) -> tuple[list[dict], list[registry.AliasMove], dict[str, list[str]]]:
+def check_store(config: Config, runs: list[dict]) -> tuple[list[dict], list[AliasMove], dict[str, list[str]]]:
     """Each version's row for the table, the alias history, and for each check what failed, in words (nothing: it
     held)."""
-    client = registry.connect(config)
-    rows = {row.version: row for row in registry.list_versions(config)}
-    moves = registry.alias_history(config)
+    store = connect(config)
+    client = store.client
+    rows = {row.version: row for row in versions.list_versions(store)}
+    moves = alias_history(store)
     problems: dict[str, list[str]] = {check: [] for check in (REGISTERED_ALL, ARTIFACTS, LINEAGE, HISTORY, CHAMPION)}
     problems[REGISTERED_ALL] += [f"run {run['run']} exited {run['exit']} without registering: {run['log']}"
                                  for run in runs if run["exit"] != 0 or run["version"] is None]
@@ -156,9 +159,9 @@ def check_store(config: Config, runs: list[dict]) -> tuple[list[dict], list[regi
     if aliases != left:
         problems[HISTORY].append(f"the aliases are {aliases}, the history left them {left}")
     best = max((row["test_accuracy"] for row in table if row["passes_gates"]), default=None)
-    champion = next((row for row in table if row["version"] == aliases.get(registry.CHAMPION)), None)
+    champion = next((row for row in table if row["version"] == aliases.get(versions.CHAMPION)), None)
     if (champion["test_accuracy"] if champion else None) != best or (champion and not champion["passes_gates"]):
-        problems[CHAMPION].append(f"champion is version {aliases.get(registry.CHAMPION)}, the best accuracy of a "
+        problems[CHAMPION].append(f"champion is version {aliases.get(versions.CHAMPION)}, the best accuracy of a "
                                   f"passing version is {best}")
     return table, moves, problems
 

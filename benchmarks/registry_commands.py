@@ -44,7 +44,9 @@ def scratch_project(root: Path) -> Path:
     import shutil
 
     import pipeline  # noqa: F401  (offline, quiet environment first)
-    from pipeline.governance import lineage, registry
+    from pipeline.governance import lineage
+    from pipeline.governance.registration import Candidate, register_candidate
+    from pipeline.governance.store import connect
     from pipeline.config import load_config
     from pipeline.training.models import load_classifier, load_tokenizer, resolve_model_path
     from pipeline.governance.promotion import promote_candidate
@@ -60,10 +62,10 @@ def scratch_project(root: Path) -> Path:
     parent = None
     for accuracy in [0.86 + i / 100 for i in range(VERSIONS)]:
         record = lineage.build_record(config, lineage.git_state(root), data_version, "fp32", parent, None, {})
-        candidate = registry.Candidate(model_dir=model_dir, params=config.as_dict(),
+        candidate = Candidate(model_dir=model_dir, params=config.as_dict(),
                                        metrics={"test_accuracy": accuracy}, tags={"data_version": "benchmark"},
                                        artifacts=[], lineage=record)
-        version = registry.register_candidate(config, candidate)
+        version = register_candidate(connect(config), candidate)
         # one data version: the champion's logged metrics are the baseline, no test split is read
         promote_candidate(config, version, "benchmark", None, root / "reports", "benchmark")
         parent = version.uri

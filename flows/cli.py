@@ -10,10 +10,11 @@ import re
 import sys
 from pathlib import Path
 
-from pipeline.governance import gates
 from pipeline.config import json_schema, load_config
 from pipeline.errors import DataError, TunegateError
+from pipeline.governance import gates
 from pipeline.redaction import redact
+from pipeline.terminal import table
 
 KEY_METRICS = ("test_accuracy", "test_f1_macro")
 # The commands that only read the registry: a user waits for their answer (issue 9: within 3 s).
@@ -65,36 +66,31 @@ def _parser() -> argparse.ArgumentParser:
 def _models(project_dir: Path) -> str:
     config = load_config(project_dir)
     # here, not at the top: MLflow takes a second to import; after the config, so a bad params.yaml fails first
-    from pipeline.governance import registry
+    from pipeline.governance.store import connect
+    from pipeline.governance.versions import REASON_TAG, list_versions
 
-    rows = registry.list_versions(config)
+    rows = list_versions(connect(config))
     if not rows:
         return f"No versions of {config.registry.model_name} registered yet: run `tunegate retrain`."
     columns = list(dict.fromkeys([*KEY_METRICS, *gates.gated_metrics(m for row in rows for m in row.metrics)]))
     header = ["version", "aliases", "created", *columns, "method", "data_version", "decision"]
-    table = [header] + [[row.version, ",".join(row.aliases) or "-", row.created,
-                         *(f"{row.metrics[m]:.4f}" if m in row.metrics else "-" for m in columns),
-                         row.tags.get("method", "-"), row.tags.get("data_version", "-")[:12],
-                         row.tags.get(registry.REASON_TAG, "-")] for row in rows]
-    return _columns(table)
+    return table([header] + [[row.version, ",".join(row.aliases) or "-", row.created,
+                              *(f"{row.metrics[m]:.4f}" if m in row.metrics else "-" for m in columns),
+                              row.tags.get("method", "-"), row.tags.get("data_version", "-")[:12],
+                              row.tags.get(REASON_TAG, "-")] for row in rows])
 
 
 def _history(project_dir: Path) -> str:
     config = load_config(project_dir)
-    from pipeline.governance import registry
+    from pipeline.governance.aliases import alias_history
+    from pipeline.governance.store import connect
 
-    moves = registry.alias_history(config)
+    moves = alias_history(connect(config))
     if not moves:
         return f"No alias of {config.registry.model_name} has moved yet: run `tunegate retrain`."
     header = ["time", "action", "alias", "from", "to", "by", "reason"]
-    table = [header] + [[move.time, move.action, move.alias, move.from_version or "-", move.to_version, move.by,
-                         move.reason] for move in moves]
-    return _columns(table)
-
-
-def _columns(table: list[list[str]]) -> str:
-    widths = [max(len(str(r[i])) for r in table) for i in range(len(table[0]))]
-    return "\n".join("  ".join(str(cell).ljust(w) for cell, w in zip(r, widths)).rstrip() for r in table)
+    return table([header] + [[move.time, move.action, move.alias, move.from_version or "-", move.to_version,
+                              move.by, move.reason] for move in moves])
 
 
 def _moved(move) -> str:
@@ -103,27 +99,27 @@ def _moved(move) -> str:
 
 def _evaluate(project_dir: Path, model_uri: str) -> str:
     config = load_config(project_dir)
-    from pipeline.governance import registry
     from pipeline.data.split import read_split, split_paths
+    from pipeline.governance.store import connect
+    from pipeline.governance.versions import download_model
     from pipeline.tasks import evaluate_model
 
-    model_dir = registry.download_model(config, model_uri) if model_uri.startswith("models:/") else Path(model_uri)
+    model_dir = download_model(connect(config), model_uri) if model_uri.startswith("models:/") else Path(model_uri)
     test = split_paths(config).test
     if not test.is_file():
         raise DataError(f"No test split at {test}: run `tunegate retrain` (or `dvc repro split`) first.")
     report_dir = config.path(config.evaluate.report_dir) / re.sub(r"[^A-Za-z0-9.@-]+", "-", model_uri).strip("-")
     report = evaluate_model(config, model_dir, read_split(test), report_dir)
-    width = max(len(name) for name in report.metrics)
-    return "\n".join([*(f"{name:<{width}} {value:.4f}" for name, value in report.metrics.items()),
-                      f"{'report':<{width}} {report.path}"])
+    return table([*((name, f"{value:.4f}") for name, value in report.metrics.items()), ("report", report.path)])
 
 
 def _lineage(project_dir: Path, model_uri: str) -> str:
     config = load_config(project_dir)
-    from pipeline.governance import registry
     from pipeline.governance.lineage import format_tree
+    from pipeline.governance.store import connect
+    from pipeline.governance.versions import lineage_chain
 
-    return format_tree(registry.lineage_chain(config, model_uri))
+    return format_tree(lineage_chain(connect(config), model_uri))
 
 
 def _check_continual_config(project_dir: Path, overrides: list[str]) -> None:

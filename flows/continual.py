@@ -15,17 +15,20 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.retrain import finish_task, register_task, split_task
 from pipeline.audit import checks
-from pipeline.data import batches, drift
-from pipeline.governance import lineage, promotion, registry
 from pipeline.config import Config, load_config
-from pipeline.errors import DriftFailed, ModelError
-from pipeline.evaluation.suites import EvaluationReport
-from pipeline.training.methods import check_supported
-from pipeline.training.models import ADAPTER_CONFIG
+from pipeline.data import batches, drift
 from pipeline.data.split import read_batch, read_split, split_paths
-from pipeline.tasks import evaluate_model
-from pipeline.training.loop import TrainResult, train_model
 from pipeline.data.versioning import DataVersion, reproduce_splits
+from pipeline.errors import DriftFailed
+from pipeline.evaluation.suites import EvaluationReport
+from pipeline.governance import lineage, promotion
+from pipeline.governance.registration import RunExtras
+from pipeline.governance.store import connect
+from pipeline.governance.versions import RegisteredVersion, VersionRow, champion_row, download_model, list_versions
+from pipeline.tasks import evaluate_run
+from pipeline.training.loop import TrainResult, run_dir, train_model
+from pipeline.training.methods import check_supported
+from pipeline.training.warm_start import from_champion
 
 
 @dataclass(frozen=True)
@@ -68,19 +71,16 @@ class Champion:
 
 
 @task(name="registry-state", cache_policy=NO_CACHE)
-def registry_state_task(config: Config) -> tuple[registry.VersionRow | None, set[str]]:
+def registry_state_task(config: Config) -> tuple[VersionRow | None, set[str]]:
     """The champion's row, and the md5s of the batches used: a version a killed step left unfinished leaves its
     batch to the next step, which finishes that version."""
-    rows = registry.list_versions(config)
-    champion = next((row for row in rows if registry.CHAMPION in row.aliases), None)
-    return champion, batches.used_batch_md5s(rows)
+    rows = list_versions(connect(config))
+    return champion_row(rows), batches.used_batch_md5s(rows)
 
 
 @task(name="champion", cache_policy=NO_CACHE)
-def champion_task(config: Config, row: registry.VersionRow) -> Champion:
-    uri = f"models:/{config.registry.model_name}/{row.version}"
-    model_dir = registry.download_model(config, uri)
-    return Champion(uri, model_dir, batches.task_names(config, row.tags))
+def champion_task(config: Config, row: VersionRow) -> Champion:
+    return Champion(row.uri, download_model(connect(config), row.uri), batches.task_names(config, row.tags))
 
 
 @task(name="audit-batch", cache_policy=NO_CACHE)
@@ -117,16 +117,7 @@ def pool_task(config: Config, batch: batches.Batch) -> DataVersion:
 
 
 def training_config(config: Config, champion: Champion | None) -> Config:
-    """train.init=champion: the champion's weights are the model training starts from."""
-    if config.train.init == "base":
-        return config
-    if champion is None:
-        raise ModelError("train.init is champion, but no version is champion yet: run `tunegate retrain` first, "
-                         "or set train.init=base.")
-    if (champion.model_dir / ADAPTER_CONFIG).is_file():
-        raise ModelError(f"train.init=champion needs a champion saved as a whole model; {champion.uri} is an "
-                         f"adapter ({champion.model_dir}). Set train.init=base, or promote a merged model.")
-    return config.model_copy(update={"model": config.model.model_copy(update={"base": str(champion.model_dir)})})
+    return from_champion(config, champion.model_dir if champion else None, champion.uri if champion else None)
 
 
 @task(name="train-candidate", cache_policy=NO_CACHE)
@@ -135,9 +126,8 @@ def train_candidate_task(config: Config, data_version: DataVersion, batch: str, 
     start = training_config(config, champion)
     batch_splits = split_paths(config, batch)
     mix = batches.replay_mix(read_split(batch_splits.train), batches.earlier_training_rows(config, tasks),
-                               config.continual.replay_share, config.train.seed)
-    output_dir = config.path(config.train.output_dir) / f"{data_version.version[:12]}-{start.params_hash()}"
-    trained = train_model(start, mix, read_split(batch_splits.validation), output_dir)
+                             config.continual.replay_share, config.train.seed)
+    trained = train_model(start, mix, read_split(batch_splits.validation), run_dir(start, data_version.version))
     get_run_logger().info("%s on %d rows (%d replayed): best step %d, validation %s", trained.method, len(mix),
                           len(mix) - len(read_split(batch_splits.train)), trained.best_step, trained.validation_metrics)
     return trained
@@ -145,14 +135,13 @@ def train_candidate_task(config: Config, data_version: DataVersion, batch: str, 
 
 @task(name="evaluate-candidate", cache_policy=NO_CACHE)
 def evaluate_candidate_task(config: Config, trained: TrainResult, batch: str) -> EvaluationReport:
-    report_dir = config.path(config.evaluate.report_dir) / trained.model_dir.parent.name
-    evaluation = evaluate_model(config, trained.model_dir, read_split(split_paths(config, batch).test), report_dir)
+    evaluation = evaluate_run(config, trained.model_dir, batch)
     get_run_logger().info("evaluation report %s", evaluation.path)
     return evaluation
 
 
 @task(name="promote-best", cache_policy=NO_CACHE)
-def promote_best_task(config: Config, versions: list[registry.RegisteredVersion], data_version: DataVersion,
+def promote_best_task(config: Config, versions: list[RegisteredVersion], data_version: DataVersion,
                       batch: str) -> list[promotion.Promotion]:
     """The champion re-measured on the batch's test split and each earlier task's; every gate, and forgetting of
     each earlier task; the best passing candidate becomes champion, the others challengers."""
@@ -170,14 +159,14 @@ def continual_step(project_dir: str = ".", overrides: list[str] | None = None) -
     for candidate in candidates:
         check_supported(candidate.train)
     logger = get_run_logger()
-    champion_row, used = registry_state_task(config)
+    current, used = registry_state_task(config)
     batch = batches.next_batch(config, used)
     if batch is None:
         message = f"No new batch in {config.path(config.continual.incoming)}: nothing to train."
         logger.info(message)
         return ContinualSummary(batch=None, message=message)
     logger.info("new batch %s (%s)", batch.name, batch.path)
-    champion = champion_task(config, champion_row) if champion_row else None
+    champion = champion_task(config, current) if current else None
     tasks = champion.tasks if champion else [config.continual.initial_task]
     for candidate in candidates:
         training_config(candidate, champion)   # a warm start that cannot work stops here, before any work
@@ -195,8 +184,9 @@ def continual_step(project_dir: str = ".", overrides: list[str] | None = None) -
     code = lineage.git_state(config.project_dir)
     tags = {batches.BATCH_TAG: batch.name, batches.BATCH_MD5_TAG: batch.md5,
             batches.TASKS_TAG: ",".join([*tasks, batch.name])}
+    extras = RunExtras(tags=tags, artifacts=[drift_report.path])
     versions = [register_task(candidate, code, data_version, run.result(), evaluation.result(), report,
-                              champion.uri if warm_start else None, extra_tags=tags, extra_artifacts=[drift_report.path])
+                              champion.uri if warm_start else None, extras)
                 for candidate, run, evaluation in zip(evaluated, trained, evaluations)]
     promotions = promote_best_task(evaluated[0], versions, data_version, batch.name)
     for candidate, version, evaluation, promoted in zip(evaluated, versions, evaluations, promotions):

@@ -14,10 +14,12 @@ import yaml
 
 from flows.continual import ContinualSummary, continual_flow
 from flows.retrain import retrain
-from pipeline.governance import registry
 from pipeline.config import PARAMS_FILE, load_config
 from pipeline.data.readers import read_table, write_table
 from pipeline.data.versioning import init_repo
+from pipeline.governance.store import connect
+from pipeline.governance.versions import champion_version
+from pipeline.terminal import table
 
 DEMO_DIR = "outputs/demo-continual"
 # dvc.yaml's split stage depends on its code: the demo project holds a copy, as any project does.
@@ -51,20 +53,18 @@ def prepare(project_dir: Path) -> Path:
     return demo
 
 
-def table(summary: ContinualSummary, champion: dict[str, float], seconds: float) -> str:
+def outcome_table(summary: ContinualSummary, champion_metrics: dict[str, float], seconds: float) -> str:
     before = summary.champion_metrics
     header = ["model", "electronics acc", "sst2 acc", "sst2 forgetting", "stsb spearman", "decision"]
     rows = [[f"champion {summary.parent.rsplit('/', 1)[-1]} (before)", f"{before['test_accuracy']:.4f}",
-             f"{before['earlier_sst2_accuracy']:.4f}", "-", f"{champion['general_stsb_spearman']:.4f}", "champion"]]
+             f"{before['earlier_sst2_accuracy']:.4f}", "-", f"{champion_metrics['general_stsb_spearman']:.4f}", "champion"]]
     for candidate in summary.candidates:
         metrics = candidate.metrics
         rows.append([f"v{candidate.version} {' '.join(candidate.overrides)}", f"{metrics['test_accuracy']:.4f}",
                      f"{metrics['earlier_sst2_accuracy']:.4f}", f"{metrics['task_forgetting_sst2']:.4f}",
                      f"{metrics['general_stsb_spearman']:.4f}", candidate.alias])
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [header, *rows]]
     reasons = [f"v{c.version}: {c.reason}" for c in summary.candidates]
-    return "\n".join([*lines, "", *reasons, "", f"continual step: {seconds:.0f} s"])
+    return "\n".join([table([header, *rows]), "", *reasons, "", f"continual step: {seconds:.0f} s"])
 
 
 def run_demo(project_dir: Path) -> str:
@@ -72,7 +72,7 @@ def run_demo(project_dir: Path) -> str:
     first = retrain(str(demo))
     if first.alias != "champion":
         return f"The SST-2 model did not become champion ({first.reason}); the demo needs one.\n{first}"
-    champion = registry.champion(load_config(demo))
+    before = champion_version(connect(load_config(demo)))
     incoming = demo / "data/incoming"
     incoming.mkdir(parents=True)
     reviews = read_table(project_dir / BATCH)
@@ -80,4 +80,4 @@ def run_demo(project_dir: Path) -> str:
     write_table(batch, incoming / "electronics.csv")
     started = time.perf_counter()
     summary = continual_flow(str(demo))
-    return f"{summary}\n\n{table(summary, champion.metrics, time.perf_counter() - started)}"
+    return f"{summary}\n\n{outcome_table(summary, before.metrics, time.perf_counter() - started)}"

@@ -7,7 +7,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from pipeline.governance import registry
+from pipeline.governance.store import check_reachable
 
 from pipeline.data import versioning
 from pipeline.config import Config
@@ -59,5 +59,5 @@ def run_preflight(config: Config) -> None:
     for key, path in output_dirs(config).items():
         check_writable(key, path, config.preflight.min_free_mb)
     check_base_model(config)
-    registry.check_reachable(config)
+    check_reachable(config)
     versioning.check_remote(config.project_dir)

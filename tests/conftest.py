@@ -155,6 +155,16 @@ def assert_operator_log(log: str, results: list[str]) -> None:
     assert [result for result in results if result not in log] == [], log[-5000:]
 
 
+def load_registered(config, model_uri: str):
+    """A registered version as `mlflow models serve` loads it, from the project's own store."""
+    import mlflow
+
+    from pipeline.governance.store import connect
+    from pipeline.governance.versions import registered_model_dir
+
+    return mlflow.pyfunc.load_model(str(registered_model_dir(connect(config), model_uri)))
+
+
 def free_port() -> int:
     """A TCP port on the loopback interface that nothing listens on now."""
     with socket.socket() as probe:

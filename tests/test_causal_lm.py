@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,7 +13,8 @@ import torch
 
 from pipeline.evaluation import lm_scoring
 
-from pipeline.governance import registry
+from pipeline.governance.registration import Candidate, register_candidate
+from pipeline.governance.store import connect
 from pipeline.audit.checks import audit_raw_data
 from pipeline.config import METHODS, Config
 from pipeline.errors import DataError
@@ -23,7 +23,7 @@ from pipeline.data.split import LABEL, TEXT
 from pipeline.tasks import causal_lm, evaluate_model
 from pipeline.tasks.causal_lm import chat, evaluation
 from pipeline.training.loop import train_model
-from tests.conftest import REPO, lm_config, tiny_llama
+from tests.conftest import REPO, lm_config, load_registered, tiny_llama
 
 SYSTEM = "You label the sentiment of movie reviews as positive or negative."
 TRAINABLE_METHODS = [m for m in METHODS if m != "qlora"]   # qlora needs CUDA (tests/test_training.py: its refusal)
@@ -181,10 +181,10 @@ def test_the_registered_pyfunc_generates_text_from_prompts(trained_methods, tmp_
     config, trained = trained_methods["lora"]
     config = lm_config(tmp_path / "project", Path(config.model.base),
                        **{"registry.tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"})
-    candidate = registry.Candidate(model_dir=trained.model_dir, params=config.as_dict(), metrics={},
+    candidate = Candidate(model_dir=trained.model_dir, params=config.as_dict(), metrics={},
                                    tags={"method": "lora"}, artifacts=[])
-    version = registry.register_candidate(config, candidate)
-    model = mlflow.pyfunc.load_model(f"models:/{version.name}/{version.version}")
+    version = register_candidate(connect(config), candidate)
+    model = load_registered(config, version.uri)
     answers = model.predict(pd.DataFrame({"prompt": ["Review: a gripping film\nSentiment:", "Review: dull\nSentiment:"]}))
     assert list(answers.columns) == ["response"] and len(answers) == 2
     assert all(isinstance(text, str) for text in answers["response"])

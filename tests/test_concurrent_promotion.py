@@ -10,7 +10,10 @@ import time
 import pytest
 import yaml
 
-from pipeline.governance import registry
+from pipeline.governance.aliases import LOCK_SUFFIX, alias_history
+from pipeline.governance.registration import Candidate, register_candidate
+from pipeline.governance.store import connect
+from pipeline.governance.versions import champion_version
 from pipeline.config import load_config
 from tests.conftest import mlflow_server, scratch_database, small_params, write_sst2_slice
 
@@ -25,14 +28,17 @@ def tracking_server(tmp_path):
 PROMOTE = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from pipeline.governance import registry
+    from pipeline.governance.aliases import LOCK_SUFFIX, alias_history
+    from pipeline.governance.registration import Candidate, register_candidate
+    from pipeline.governance.store import connect, tracking_uri
+    from pipeline.governance.versions import champion_version, find_version
     from pipeline.config import load_config
     from pipeline.governance.promotion import promote_candidate
     from pipeline.data.split import read_split
 
     project, uri, name = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
     config = load_config(project)
-    candidate = registry.find_version(config, uri)
+    candidate = find_version(connect(config), uri)
     test = read_split(config.path("data/splits/test.csv"))
     (project / f"ready-{name}").touch()
     while not (project / "go").exists():
@@ -55,9 +61,9 @@ def test_two_promotions_at_once_end_with_one_champion_the_better_one(tmp_path, t
     write_splits(config)
     versions = {}
     for name, accuracy in (("worse", 0.80), ("better", 0.90)):
-        candidate = registry.Candidate(model_dir=tiny_models["trained"], params={}, metrics={"test_accuracy": accuracy},
+        candidate = Candidate(model_dir=tiny_models["trained"], params={}, metrics={"test_accuracy": accuracy},
                                        tags={"data_version": "same"}, artifacts=[])
-        versions[name] = registry.register_candidate(config, candidate).version
+        versions[name] = register_candidate(connect(config), candidate).version
 
     flows = {name: subprocess.Popen([sys.executable, "-c", PROMOTE, str(project), f"models:/tunegate-sst2/{version}",
                                      name], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -72,15 +78,15 @@ def test_two_promotions_at_once_end_with_one_champion_the_better_one(tmp_path, t
         assert flow.returncode == 0, err[-3000:]
         outcomes[name] = out.split()[-1]
 
-    assert registry.champion(config).version == versions["better"]
+    assert champion_version(connect(config)).version == versions["better"]
     assert outcomes["better"] == "champion"
     assert outcomes["worse"] in ("champion", "challenger")    # champion only if it went first
-    history = registry.alias_history(config)
+    history = alias_history(connect(config))
     assert sorted(move.to_version for move in history) == sorted(versions.values())
     assert {move.by for move in history} == {"flow worse", "flow better"}
     if outcomes["worse"] == "champion":   # it went first and was then beaten: the second move says from whom
         assert [(m.alias, m.from_version) for m in history] == [("champion", None),
                                                                 ("champion", versions["worse"])]
-    client = registry.connect(config)
+    client = connect(config).client
     assert len(client.search_model_versions("name = 'tunegate-sst2'")) == 2
-    assert client.search_registered_models(f"name = 'tunegate-sst2{registry.LOCK_SUFFIX}'") == []
+    assert client.search_registered_models(f"name = 'tunegate-sst2{LOCK_SUFFIX}'") == []

@@ -17,7 +17,9 @@ from prefect_dask import DaskTaskRunner
 from flows.continual import continual_flow, task_runner
 from flows.retrain import retrain
 from pipeline.data import batches
-from pipeline.governance import lineage, registry
+from pipeline.governance import lineage
+from pipeline.governance.store import connect
+from pipeline.governance.versions import VersionRow, champion_version, list_versions
 from pipeline.config import load_config
 from pipeline.errors import AuditFailed, DriftFailed
 from tests.conftest import REPO, assert_operator_log, free_port, healthy, make_project, small_params, wait_for
@@ -70,8 +72,8 @@ def stepped(champion_project, tmp_path_factory):
     return project, first, second
 
 
-def versions(project: Path) -> dict[str, registry.VersionRow]:
-    return {row.version: row for row in registry.list_versions(load_config(project))}
+def versions(project: Path) -> dict[str, VersionRow]:
+    return {row.version: row for row in list_versions(connect(load_config(project)))}
 
 
 def test_a_step_warm_starts_from_the_champion_and_records_its_lineage(stepped):
@@ -133,7 +135,7 @@ def test_two_candidates_train_on_dask_and_the_better_passing_one_is_promoted(pro
     other = next(c for c in summary.candidates if c is not best)
     assert (best.alias, other.alias) == ("champion", "challenger")
     assert f"passed, but version {best.version} scored higher" in other.reason
-    assert registry.champion(load_config(project)).version == best.version
+    assert champion_version(connect(load_config(project))).version == best.version
     rows = versions(project)
     assert {rows[c.version].tags[lineage.PARENT_TAG] for c in summary.candidates} == {"models:/tunegate-sst2/1"}
 

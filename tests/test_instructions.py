@@ -8,12 +8,13 @@ import math
 import shutil
 from pathlib import Path
 
-import mlflow
 import pandas as pd
 import pytest
 
 from flows.cli import main
-from pipeline.governance import model_card, registry
+from pipeline.governance import model_card
+from pipeline.governance.registration import Candidate, register_candidate
+from pipeline.governance.store import connect
 from pipeline.audit.checks import audit_raw_data
 from pipeline.config import GatesConfig, PromotionLockConfig
 from pipeline.data.readers import MESSAGES, RESPONSE, read_instructions
@@ -24,7 +25,7 @@ from pipeline.training.models import load_causal_lm, load_tokenizer
 from pipeline.data.split import make_splits, read_split, write_splits
 from pipeline.tasks import causal_lm, evaluate_model, task_type
 from pipeline.tasks.causal_lm import chat
-from tests.conftest import REPO, lm_config, tiny_llama
+from tests.conftest import REPO, lm_config, load_registered, tiny_llama
 
 SYSTEM = "You rewrite sentences in other words, keeping their meaning."
 BUNDLED = REPO / "data/raw/stsb-paraphrase"
@@ -192,9 +193,9 @@ def test_the_registered_pyfunc_answers_chats_and_prompts(tiny_dir, tmp_path):
     config = instructions_config(tmp_path / "project", tiny_dir, BUNDLED / "train.jsonl",
                                  **{"registry.tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
                                     "task.causal_lm.max_new_tokens": 5})
-    version = registry.register_candidate(config, registry.Candidate(
+    version = register_candidate(connect(config), Candidate(
         model_dir=model_dir, params=config.as_dict(), metrics={}, tags={"method": "lora"}, artifacts=[]))
-    served = mlflow.pyfunc.load_model(f"models:/{version.name}/{version.version}")
+    served = load_registered(config, version.uri)
     chats = [[{"role": "user", "content": "Rewrite: a cat sat."}],
              [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Rewrite: it rains."}]]
     answers = served.predict(pd.DataFrame({"messages": chats}))

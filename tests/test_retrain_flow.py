@@ -6,16 +6,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-import mlflow
 import pandas as pd
 import pytest
 import yaml
 
 from flows.retrain import retrain
-from pipeline.governance import registry
+from pipeline.governance.aliases import alias_history
+from pipeline.governance.store import connect
+from pipeline.governance.versions import champion_version, list_versions
 from pipeline.config import load_config
 from pipeline.errors import AuditFailed, DataError
-from tests.conftest import make_project, small_params
+from tests.conftest import load_registered, make_project, small_params
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def test_first_run_registers_a_champion_with_lineage(trained_project):
     assert "no current champion" in first.reason
 
     config = load_config(project)
-    client = registry.connect(config)
+    client = connect(config).client
     version = client.get_model_version(config.registry.model_name, "1")
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True).stdout.strip()
     assert version.tags["git_commit"].startswith(head)
@@ -62,8 +63,7 @@ def test_summary_prints_the_audit_verdict_and_its_warnings(trained_project):
 def test_champion_loads_and_predicts_label_names(trained_project):
     project, first, _ = trained_project
     config = load_config(project)
-    registry.connect(config)
-    model = mlflow.pyfunc.load_model(f"models:/{config.registry.model_name}@champion")
+    model = load_registered(config, f"models:/{config.registry.model_name}@champion")
     predictions = model.predict(pd.DataFrame({"text": ["a moving, funny film", "a dull mess", "fine"]}))
     assert len(predictions) == 3
     assert set(predictions["label"]) <= {"negative", "positive"}
@@ -78,9 +78,9 @@ def test_second_run_that_fails_a_gate_is_challenger_and_says_why(trained_project
     assert (second.version, second.alias) == ("2", "challenger")
     assert "< floor 1.0000" in second.reason
     config = load_config(project)
-    champion = registry.champion(config)
+    champion = champion_version(connect(config))
     assert champion.version == "1"
-    rows = {row.version: row for row in registry.list_versions(config)}
+    rows = {row.version: row for row in list_versions(connect(config))}
     assert rows["2"].aliases == ["challenger"] and rows["1"].aliases == ["champion"]
     assert rows["2"].tags["promotion_reason"] == second.reason
 
@@ -120,7 +120,7 @@ def test_bad_data_stops_the_run_at_the_audit_and_registers_nothing(tmp_path, bre
         retrain(str(project))
     assert message in str(info.value)
     assert not (project / "dvc.lock").exists()
-    assert registry.list_versions(load_config(project)) == []
+    assert list_versions(connect(load_config(project))) == []
 
 
 def test_cli_exits_non_zero_with_the_message_on_bad_data(tmp_path):
@@ -138,7 +138,7 @@ def test_cli_exits_non_zero_with_the_message_on_bad_data(tmp_path):
 def test_the_run_logs_the_evaluation_report_and_its_key_numbers(trained_project):
     project, first, second = trained_project
     config = load_config(project)
-    client = registry.connect(config)
+    client = connect(config).client
     run = client.get_run(client.get_model_version(config.registry.model_name, "1").run_id)
     for name in ("test_f1_macro", "test_ece", "general_stsb_spearman", "forgetting_stsb", "retained_stsb",
                  "eec_gender_gap", "eec_race_gap", "eec_race_p_value"):
@@ -184,10 +184,10 @@ def test_the_decision_is_logged_and_printed_with_each_gates_numbers(trained_proj
         next(line for line in lines if line.startswith("decision"))) + 1]
     assert any(line.split()[0] == "accuracy_floor" and line.endswith("FAIL") for line in lines)
     config = load_config(project)
-    client = registry.connect(config)
+    client = connect(config).client
     run_id = client.get_model_version(config.registry.model_name, "2").run_id
     assert json.loads(Path(client.download_artifacts(run_id, "decision.json")).read_text()) == second.decision
     assert client.get_run(run_id).data.metrics["champion_test_accuracy"] == pytest.approx(
         first.metrics["test_accuracy"])
-    history = registry.alias_history(config)
+    history = alias_history(connect(config))
     assert [(m.alias, m.to_version) for m in history] == [("champion", "1"), ("challenger", "2")]

@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from pipeline.governance import registry
+from pipeline.governance.store import connect
 from pipeline.config import load_config
 from tests.conftest import assert_operator_log, make_project, scratch_database, small_params
 
@@ -41,7 +41,7 @@ def test_no_secret_in_the_log_params_tags_descriptions_or_any_file(secret_run, m
     assert SECRET not in run.stdout + run.stderr
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     config = load_config(project)
-    client = registry.connect(config)
+    client = connect(config).client
     versions = client.search_model_versions(f"name = '{config.registry.model_name}'")
     assert versions
     for version in versions:

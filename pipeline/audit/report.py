@@ -11,6 +11,7 @@ import jinja2
 import pandas as pd
 
 from pipeline.config import Severity
+from pipeline.terminal import table
 
 TEMPLATE = "audit_report.html.j2"
 PASSED = "passed"
@@ -97,9 +98,7 @@ def as_text(report: AuditReport) -> str:
     header = ("status", "file", "check", "column", "observed", "threshold")
     rows = [header] + [(c.status, Path(c.source).name, c.check, c.column, _show(c.observed), c.threshold)
                        for c in report.checks]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
-    lines += ["", f"audit {report.summary}", *(f"  {failure}" for failure in report.failures),
+    lines = [table(rows), "", f"audit {report.summary}", *(f"  {failure}" for failure in report.failures),
               f"reports: {report.html_path}", f"         {report.json_path}"]
     return "\n".join(lines)
 

@@ -20,7 +20,7 @@ from pipeline.audit.checks import AuditReport, audit_files
 from pipeline.config import Config, EarlierTask
 from pipeline.data.readers import READERS
 from pipeline.errors import AuditFailed, ConfigError, DataError
-from pipeline.governance.registry import VersionRow
+from pipeline.governance.versions import VersionRow
 from pipeline.data.split import LABEL, TEXT, SplitPaths, batch_files, read_split, split_paths
 
 # Lineage tags of a version trained by a continual step (parent_model and data_version are shared with

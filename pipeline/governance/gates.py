@@ -32,6 +32,16 @@ def task_metric(metrics: Iterable[str]) -> str:
     return found[0]
 
 
+def logged_by_promotion(name: str) -> bool:
+    """What a promotion logs to a candidate's run beside its own metrics: the champion's, and forgetting."""
+    return name.startswith((CHAMPION_PREFIX, TASK_FORGETTING_PREFIX))
+
+
+def candidate_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """A candidate run's own metrics, without what a promotion logged beside them."""
+    return {name: value for name, value in metrics.items() if not logged_by_promotion(name)}
+
+
 def gated_metrics(names: Iterable[str]) -> list[str]:
     """Of these metric names, those a gate reads: the task metric, then forgetting, then bias gaps."""
     names = sorted(set(names))

@@ -10,10 +10,14 @@ from typing import Any
 
 import pandas as pd
 
-from pipeline.governance import gates, registry
 from pipeline.config import Config
 from pipeline.errors import PromotionError
-from pipeline.governance.registry import CHALLENGER, CHAMPION, AliasMove, RegisteredVersion
+from pipeline.governance import gates
+from pipeline.governance.aliases import AliasMove, PromotionLock, alias_history, move_alias, promotion_lock
+from pipeline.governance.registration import log_to_run
+from pipeline.governance.store import Store, connect
+from pipeline.governance.versions import (CHALLENGER, CHAMPION, RegisteredVersion, champion_version, download_model,
+                                          find_version, read_run_text, run_metrics)
 
 FLOW_DECISION, OVERRIDE, ROLLBACK = "flow decision", "override", "rollback"
 DECISION_RECORD = "decision.json"     # in the candidate's run
@@ -51,16 +55,16 @@ class Promotion:
                 "champion": self.baseline.as_record() if self.baseline else None}
 
 
-def measure_champion(config: Config, champion: RegisteredVersion, data_version: str, test_frame: pd.DataFrame,
+def measure_champion(store: Store, current: RegisteredVersion, data_version: str, test_frame: pd.DataFrame,
                      report_dir: Path) -> Baseline:
     """The champion's metrics on data_version: its own where it was evaluated on that version, else measured
     again on test_frame with the same task, general and bias suites (the TFX Evaluator's baseline)."""
-    if champion.tags.get("data_version") == data_version:
-        return Baseline(champion, champion.metrics, remeasured=False, artifacts=[])
+    if current.tags.get("data_version") == data_version:
+        return Baseline(current, current.metrics, remeasured=False, artifacts=[])
     from pipeline.tasks import evaluate_model   # torch and transformers: only when a model is evaluated
 
-    report = evaluate_model(config, registry.download_model(config, champion.uri), test_frame, report_dir)
-    return Baseline(champion, report.metrics, remeasured=True, artifacts=report.artifacts)
+    report = evaluate_model(store.config, download_model(store, current.uri), test_frame, report_dir)
+    return Baseline(current, report.metrics, remeasured=True, artifacts=report.artifacts)
 
 
 def promote_candidate(config: Config, candidate: RegisteredVersion, data_version: str, test_frame: pd.DataFrame,
@@ -75,27 +79,29 @@ def promote_best(config: Config, candidates: list[RegisteredVersion], data_versi
     """Gate each candidate against the champion; the best passing one (task metric) becomes champion, the others
     challengers, each with its decision record in its run. A candidate's alias moves once: one a killed run moved
     keeps that decision."""
-    current = registry.champion(config)
+    store = connect(config)
+    current = champion_version(store)
     # Measured before taking the lock, which others then wait for only seconds; again under it if the champion
     # changed meanwhile (another promotion finished first).
-    baseline = measure_champion(config, current, data_version, test_frame, report_dir) if current else None
-    with registry.promotion_lock(config, by) as lock:
+    baseline = measure_champion(store, current, data_version, test_frame, report_dir) if current else None
+    with promotion_lock(store, by) as lock:
         # A run killed after moving a candidate's alias made its decision already: it stands, and is not made twice.
-        history = registry.alias_history(config)
-        recorded = [recorded_promotion(config, candidate, history) for candidate in candidates]
-        current = registry.champion(config)
+        history = alias_history(store)
+        recorded = [recorded_promotion(store, candidate, history) for candidate in candidates]
+        current = champion_version(store)
         if current is None:
             baseline = None
         elif baseline is None or baseline.version.version != current.version:
-            baseline = measure_champion(config, current, data_version, test_frame, report_dir)
+            baseline = measure_champion(store, current, data_version, test_frame, report_dir)
         undecided = [candidate for candidate, promotion in zip(candidates, recorded) if promotion is None]
-        decided = iter(_gate_and_move(config, lock, undecided, baseline, by))
+        decided = iter(_gate_and_move(store, lock, undecided, baseline, by))
         return [promotion or next(decided) for promotion in recorded]
 
 
-def _gate_and_move(config: Config, lock: registry.PromotionLock, candidates: list[RegisteredVersion],
+def _gate_and_move(store: Store, lock: PromotionLock, candidates: list[RegisteredVersion],
                    baseline: Baseline | None, by: str) -> list[Promotion]:
-    decisions = [gates.decide(c.metrics, baseline.metrics if baseline else None, config.gates) for c in candidates]
+    decisions = [gates.decide(c.metrics, baseline.metrics if baseline else None, store.config.gates)
+                 for c in candidates]
     passing = [i for i, decision in enumerate(decisions) if decision.promote]
     best = max(passing, key=lambda i: candidates[i].metrics[gates.task_metric(candidates[i].metrics)], default=None)
     promotions = []
@@ -109,36 +115,27 @@ def _gate_and_move(config: Config, lock: registry.PromotionLock, candidates: lis
         logged |= {gate.name: gate.value for gate in decision.gates
                    if gate.name.startswith(gates.TASK_FORGETTING_PREFIX) and gate.value is not None}
         # Recorded before the alias moves: a failure here moves nothing, and a restart after the move reads it.
-        registry.log_to_run(config, candidate.run_id, logged,
+        log_to_run(store, candidate.run_id, logged,
                             {DECISION_RECORD: Promotion(alias, decision, baseline, None).as_record()},
                             baseline.artifacts if baseline else [], CHAMPION_REPORTS)
-        move = registry.move_alias(config, lock, alias, candidate, FLOW_DECISION, by, reason)
+        move = move_alias(store, lock, alias, candidate, FLOW_DECISION, by, reason)
         promotions.append(Promotion(alias, decision, baseline, move, logged))
     return promotions
 
 
-def _logged_by_promotion(name: str) -> bool:
-    return name.startswith((gates.CHAMPION_PREFIX, gates.TASK_FORGETTING_PREFIX))
-
-
-def candidate_metrics(metrics: dict[str, float]) -> dict[str, float]:
-    """A candidate run's own metrics, without what a promotion logged beside them (the champion's, forgetting)."""
-    return {name: value for name, value in metrics.items() if not _logged_by_promotion(name)}
-
-
-def recorded_promotion(config: Config, candidate: RegisteredVersion, history: list[AliasMove]) -> Promotion | None:
+def recorded_promotion(store: Store, candidate: RegisteredVersion, history: list[AliasMove]) -> Promotion | None:
     """The flow decision that moved candidate's alias already, read back from the history, the decision record and
     the metrics it logged; None where no flow decision moved an alias to it."""
     move = next((m for m in history if m.action == FLOW_DECISION and m.to_version == candidate.version), None)
     if move is None:
         return None
-    record = json.loads(registry.read_run_text(config, candidate.run_id, DECISION_RECORD))
+    record = json.loads(read_run_text(store, candidate.run_id, DECISION_RECORD))
     decision = gates.Decision(record["verdict"] == "promote", [gates.Gate(**gate) for gate in record["gates"]])
-    logged = {name: value for name, value in registry.run_metrics(config, candidate.run_id).items()
-              if _logged_by_promotion(name)}
+    logged = {name: value for name, value in run_metrics(store, candidate.run_id).items()
+              if gates.logged_by_promotion(name)}
     champion = record["champion"]
     baseline = None if champion is None else Baseline(
-        registry.find_version(config, f"models:/{candidate.name}/{champion['version']}"),
+        find_version(store, f"models:/{candidate.name}/{champion['version']}"),
         {name.removeprefix(gates.CHAMPION_PREFIX): value for name, value in logged.items()
          if name.startswith(gates.CHAMPION_PREFIX)}, champion["remeasured"], [])
     return Promotion(record["alias"], decision, baseline, move, logged)
@@ -153,12 +150,13 @@ def _require_reason(reason: str | None, command: str) -> str:
 def override(config: Config, model_uri: str, reason: str | None, by: str) -> AliasMove:
     """Make a version champion whatever the gates said of it."""
     reason = _require_reason(reason, "promote")
-    version = registry.find_version(config, model_uri)
-    with registry.promotion_lock(config, by) as lock:
-        current = registry.champion(config)
+    store = connect(config)
+    version = find_version(store, model_uri)
+    with promotion_lock(store, by) as lock:
+        current = champion_version(store)
         if current is not None and current.version == version.version:
             raise PromotionError(f"{model_uri} (version {version.version}) is already the champion; nothing moved.")
-        return registry.move_alias(config, lock, CHAMPION, version, OVERRIDE, by, reason)
+        return move_alias(store, lock, CHAMPION, version, OVERRIDE, by, reason)
 
 
 def previous_champion(history: list[AliasMove]) -> str | None:
@@ -177,13 +175,14 @@ def previous_champion(history: list[AliasMove]) -> str | None:
 def rollback(config: Config, reason: str | None, by: str) -> AliasMove:
     """Move `champion` back to the version that held it before."""
     reason = _require_reason(reason, "rollback")
-    with registry.promotion_lock(config, by) as lock:
-        current = registry.champion(config)
+    store = connect(config)
+    with promotion_lock(store, by) as lock:
+        current = champion_version(store)
         if current is None:
             raise PromotionError(f"{config.registry.model_name} has no champion: nothing to roll back.")
-        target = previous_champion(registry.alias_history(config))
+        target = previous_champion(alias_history(store))
         if target is None:
             raise PromotionError(f"Version {current.version} is the first champion of {config.registry.model_name} "
                                  f"in the alias history: there is no earlier champion to roll back to.")
-        version = registry.find_version(config, f"models:/{config.registry.model_name}/{target}")
-        return registry.move_alias(config, lock, CHAMPION, version, ROLLBACK, by, reason)
+        version = find_version(store, f"models:/{config.registry.model_name}/{target}")
+        return move_alias(store, lock, CHAMPION, version, ROLLBACK, by, reason)

@@ -14,7 +14,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.governance import lineage, registry
+from pipeline.governance import lineage
+from pipeline.governance.store import connect
+from pipeline.governance.versions import find_version, read_lineage, read_run_text, run_metrics
 
 from pipeline.data import versioning
 from pipeline.config import Config
@@ -99,16 +101,19 @@ class Reproduction:
 
 def reproduce(config: Config, model_uri: str) -> Reproduction:
     """Rebuild model_uri in <reproduce.work_dir>/<name>-<version> and compare every recorded metric."""
-    version = registry.find_version(config, model_uri)
-    uri, record = registry.read_lineage(config, version.uri)
-    params = registry.read_run_text(config, version.run_id, lineage.PARAMS_ARTIFACT)
-    dvc_lock = registry.read_run_text(config, version.run_id, lineage.DVC_LOCK_ARTIFACT)
+    store = connect(config)
+    version = find_version(store, model_uri)
+    uri, record = read_lineage(store, version.uri)
+    params = read_run_text(store, version.run_id, lineage.PARAMS_ARTIFACT)
+    dvc_lock = read_run_text(store, version.run_id, lineage.DVC_LOCK_ARTIFACT)
     commit, data_version = record["code"]["git_commit"], record["data"]["version"]
     if commit == "unknown":
         raise ReproduceError(f"{uri} was trained outside a git checkout: no commit to rebuild it from.")
     overrides = []
     if (parent := lineage.parent_of(record)) is not None:
-        overrides.append(f"model.base={registry.resolve_parent(config, parent)[0]}")
+        from pipeline.training.warm_start import resolve_parent   # torch: only for a warm start's parent
+
+        overrides.append(f"model.base={resolve_parent(store, parent)[0]}")
     checkout = config.path(config.reproduce.work_dir) / f"{version.name}-{version.version}"
     lineage.add_worktree(config.project_dir, commit, checkout)
     try:
@@ -118,7 +123,7 @@ def reproduce(config: Config, model_uri: str) -> Reproduction:
         reproduced = _train_and_evaluate(checkout, overrides, record.get("hardware", {}).get("threads"))
     finally:
         lineage.remove_worktree(config.project_dir, checkout)
-    original = registry.run_metrics(config, version.run_id)
+    original = run_metrics(store, version.run_id)
     names = sorted(set(original) & set(reproduced) - set(TIMING_METRICS))
     here = lineage.library_versions()
     changes = [f"{name} {version} recorded, {here.get(name)} here"

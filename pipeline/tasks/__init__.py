@@ -1,8 +1,8 @@
 """Task types: one mapping from task.type to what differs (as pipeline/training/methods/ maps train.method to a builder).
 
 The flow, the methods, the audit, the registry and the gates are one; a type decides the model class,
-the training examples and their collator, the validation and evaluation suites. The registry's pyfunc
-per type is in pipeline/governance/registry.py (PYFUNCS), the one module that talks to MLflow.
+the training examples and their collator, the validation and evaluation suites (<type>/evaluation.py), and the
+pyfunc that serves its registered versions (<type>/serving.py).
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.config import Config
+from pipeline.data.split import read_split, split_paths
 from pipeline.errors import ConfigError
 from pipeline.evaluation.suites import EvaluationReport
 from pipeline.training.methods import BaseModel
@@ -41,4 +42,16 @@ def evaluate_model(config: Config, model_dir: Path, test_frame: pd.DataFrame, re
     return task_type(config).evaluate(config, model_dir, test_frame, report_dir)
 
 
-__all__ = ["TASK_TYPES", "TaskType", "base_model", "evaluate_model", "task_type"]
+def report_dir(config: Config, run_dir: Path) -> Path:
+    """A run's evaluation reports: a folder named as its training folder."""
+    return config.path(config.evaluate.report_dir) / run_dir.name
+
+
+def evaluate_run(config: Config, model_dir: Path, batch: str | None = None) -> EvaluationReport:
+    """A run's model (saved in its training folder) on the test split, a batch's for a continual step; the reports
+    in the run's report folder."""
+    return evaluate_model(config, model_dir, read_split(split_paths(config, batch).test),
+                          report_dir(config, model_dir.parent))
+
+
+__all__ = ["TASK_TYPES", "TaskType", "base_model", "evaluate_model", "evaluate_run", "report_dir", "task_type"]

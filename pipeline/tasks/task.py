@@ -11,6 +11,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from pipeline.config import Config, QloraConfig
 from pipeline.evaluation.suites import EvaluationReport
+from pipeline.governance.serving import Serving
 
 
 @dataclass(frozen=True)
@@ -33,3 +34,6 @@ class TaskType:
     pipeline_tag: str                   # the Hugging Face pipeline a model card names
     # config -> (what the model is for, its intended use): the model card's opening lines
     purpose: Callable[[Config], tuple[str, str]]
+    pyfunc: type                        # the mlflow.pyfunc.PythonModel that serves a registered version
+    # config -> its input example, model_config and signature
+    serving: Callable[[Config], Serving]

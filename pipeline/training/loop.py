@@ -153,6 +153,12 @@ def last_checkpoint(checkpoint_dir: Path) -> Path | None:
     return max(complete, key=lambda path: int(path.name.rsplit("-", 1)[1]), default=None)
 
 
+def run_dir(config: Config, data_version: str) -> Path:
+    """A run's training folder. Deterministic: a retry or a re-run with the same data and params finds its
+    checkpoints here."""
+    return config.path(config.train.output_dir) / f"{data_version[:12]}-{config.params_hash()}"
+
+
 def train_model(config: Config, train_frame: pd.DataFrame, validation_frame: pd.DataFrame,
                 output_dir: Path) -> TrainResult:
     """Fine-tune the base model with train.method; the best checkpoint on validation is saved to output_dir/model.

@@ -23,6 +23,7 @@ from pipeline.tasks.causal_lm.chat import (IGNORE_INDEX, answer_ids, conversatio
                                            label_responses, prompt_ids, prompt_messages)
 from pipeline.tasks.causal_lm.evaluation import evaluate, rows_subset
 from pipeline.tasks.task import TaskType
+from pipeline.tasks.causal_lm.serving import TextGenerator, serving
 from pipeline.training.models import load_causal_lm
 
 def load_base(config: Config, base_dir: Path, four_bit: QloraConfig | None) -> PreTrainedModel:
@@ -88,5 +89,5 @@ def purpose(config: Config) -> tuple[str, str]:
 TASK = TaskType(peft_task_type=PeftTaskType.CAUSAL_LM, load_base=load_base, dataset=dataset, collator=collator,
                 validation_metrics=validation_metrics, validation_metric_names=validation_metric_names,
                 validation_rows=validation_rows, token_counts=token_counts, evaluate=evaluate,
-                pipeline_tag="text-generation", purpose=purpose)
+                pipeline_tag="text-generation", purpose=purpose, pyfunc=TextGenerator, serving=serving)
 

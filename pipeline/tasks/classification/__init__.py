@@ -16,6 +16,7 @@ from pipeline.tasks.classification.evaluation import evaluate
 from pipeline.training.models import count_tokens, load_classifier
 from pipeline.data.split import LABEL, TEXT
 from pipeline.tasks.task import TaskType
+from pipeline.tasks.classification.serving import TextClassifier, serving
 
 
 def load_base(config: Config, base_dir: Path, four_bit: QloraConfig | None) -> PreTrainedModel:
@@ -55,4 +56,4 @@ TASK = TaskType(peft_task_type=PeftTaskType.SEQ_CLS, load_base=load_base, datase
                 collator=DataCollatorWithPadding, validation_metrics=validation_metrics,
                 validation_metric_names=validation_metric_names, validation_rows=lambda config, frame: frame,
                 token_counts=token_counts, evaluate=evaluate,
-                pipeline_tag="text-classification", purpose=purpose)
+                pipeline_tag="text-classification", purpose=purpose, pyfunc=TextClassifier, serving=serving)
