@@ -17,9 +17,8 @@ from flows.retrain import finish_task, register_task, split_task
 from pipeline.audit import checks
 from pipeline.config import Config, load_config
 from pipeline.data import batches, drift
-from pipeline.data.split import read_batch, read_split, split_paths
+from pipeline.data.split import read_split, split_paths
 from pipeline.data.versioning import DataVersion, reproduce_splits
-from pipeline.errors import DriftFailed
 from pipeline.evaluation.suites import EvaluationReport
 from pipeline.governance import lineage, promotion
 from pipeline.governance.registration import RunExtras
@@ -92,18 +91,9 @@ def audit_batch_task(config: Config, batch: batches.Batch) -> checks.AuditReport
 
 @task(name="drift", cache_policy=NO_CACHE)
 def drift_task(config: Config, batch: batches.Batch, tasks: list[str]) -> drift.DriftReport:
-    settings = config.continual.drift
-    reference = batches.stratified_sample(batches.earlier_training_rows(config, tasks), settings.reference_rows,
-                                            config.split.seed)
-    report = drift.compare(settings, reference, read_batch(config, batch.path), config.data.label_values,
-                           config.split.seed, config.path(settings.report_dir) / batch.name)
+    report = batches.check_drift(config, batch, tasks)
     for check in report.checks:
         get_run_logger().info("drift %s", check)
-    if report.errors:
-        errors = "\n".join(f"  {check}" for check in report.errors)
-        raise DriftFailed(f"Batch {batch.name!r} drifted from the champion's training data past an error threshold; "
-                          f"nothing was trained or registered:\n{errors}\nRaise the threshold or set its severity to "
-                          f"warning under continual.drift, or remove {batch.path}. Report: {report.path}")
     return report
 
 
@@ -182,9 +172,7 @@ def continual_step(project_dir: str = ".", overrides: list[str] | None = None) -
                    for candidate, run in zip(evaluated, trained)]
     warm_start = champion is not None and config.train.init == "champion"
     code = lineage.git_state(config.project_dir)
-    tags = {batches.BATCH_TAG: batch.name, batches.BATCH_MD5_TAG: batch.md5,
-            batches.TASKS_TAG: ",".join([*tasks, batch.name])}
-    extras = RunExtras(tags=tags, artifacts=[drift_report.path])
+    extras = RunExtras(tags=batches.lineage_tags(batch, tasks), artifacts=[drift_report.path])
     versions = [register_task(candidate, code, data_version, run.result(), evaluation.result(), report,
                               champion.uri if warm_start else None, extras)
                 for candidate, run, evaluation in zip(evaluated, trained, evaluations)]

@@ -19,9 +19,10 @@ from sklearn.model_selection import train_test_split
 from pipeline.audit.checks import AuditReport, audit_files
 from pipeline.config import Config, EarlierTask
 from pipeline.data.readers import READERS
-from pipeline.errors import AuditFailed, ConfigError, DataError
+from pipeline.data import drift
+from pipeline.errors import AuditFailed, ConfigError, DataError, DriftFailed
 from pipeline.governance.versions import VersionRow
-from pipeline.data.split import LABEL, TEXT, SplitPaths, batch_files, read_split, split_paths
+from pipeline.data.split import LABEL, TEXT, SplitPaths, batch_files, read_batch, read_split, split_paths
 
 # Lineage tags of a version trained by a continual step (parent_model and data_version are shared with
 # the warm start of `model.base: models:/...`).
@@ -103,6 +104,26 @@ def audit_batch(config: Config, batch: Batch) -> AuditReport:
         raise AuditFailed(f"Audit of batch {batch.name!r} failed, nothing was trained or registered "
                           f"({report.summary}):\n{errors}\nFix or remove {batch.path}. Full report: {report.html_path}")
     return report
+
+
+def check_drift(config: Config, batch: Batch, tasks: list[str]) -> drift.DriftReport:
+    """The batch against a stratified sample of the earlier tasks' training rows; raise DriftFailed past an error
+    threshold."""
+    settings = config.continual.drift
+    reference = stratified_sample(earlier_training_rows(config, tasks), settings.reference_rows, config.split.seed)
+    report = drift.compare(settings, reference, read_batch(config, batch.path), config.data.label_values,
+                           config.split.seed, config.path(settings.report_dir) / batch.name)
+    if report.errors:
+        errors = "\n".join(f"  {check}" for check in report.errors)
+        raise DriftFailed(f"Batch {batch.name!r} drifted from the champion's training data past an error threshold; "
+                          f"nothing was trained or registered:\n{errors}\nRaise the threshold or set its severity to "
+                          f"warning under continual.drift, or remove {batch.path}. Report: {report.path}")
+    return report
+
+
+def lineage_tags(batch: Batch, tasks: list[str]) -> dict[str, str]:
+    """A version trained on the batch: which batch, and every task it learned, oldest first."""
+    return {BATCH_TAG: batch.name, BATCH_MD5_TAG: batch.md5, TASKS_TAG: ",".join([*tasks, batch.name])}
 
 
 def task_names(config: Config, tags: dict[str, str]) -> list[str]:
