@@ -1,4 +1,6 @@
-"""tunegate's library: typed configs and plain functions; no Prefect here."""
+"""tunegate's library, a subpackage per step of a run: config, data (reading, the DVC split, batches, drift),
+audit, training, evaluation, tasks (what differs per task.type) and governance (the MLflow store, registration,
+promotion, lineage). Typed configs and plain functions; no Prefect here."""
 import os
 import sys
 import warnings

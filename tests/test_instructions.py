@@ -202,7 +202,7 @@ def test_the_registered_pyfunc_answers_chats_and_prompts(tiny_dir, tmp_path):
     assert list(answers.columns) == ["response"] and len(answers) == 2
     # the served model is the registered one, and a chat without a system turn gets the trained system prompt
     tokenizer = chat.ensure_pad_token(load_tokenizer(model_dir))
-    conversations = [chat.with_system(config.task.causal_lm.system_prompt, chat) for chat in chats]
+    conversations = [chat.with_system(config.task.causal_lm.system_prompt, turns) for turns in chats]
     expected = chat.generate(load_causal_lm(model_dir), tokenizer, chat.prompt_ids(tokenizer, conversations),
                                   5, batch_size=1)
     assert answers["response"].tolist() == expected
