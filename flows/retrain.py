@@ -49,12 +49,11 @@ class RetrainSummary:
     unchanged: bool = False       # same data, params and code as the registered version: nothing new registered
 
     def __str__(self) -> str:
-        rows = [("audit", self.audit), *(("", failure) for failure in self.audit_failures),
-                ("data version", self.data_version),
+        rows = [("audit", self.audit), ("data version", self.data_version),
                 *((name, f"{self.metrics[name]:.4f}") for name in gates.gated_metrics(self.metrics)),
                 ("report", self.report)]
         if self.unchanged:
-            return table([*rows, ("unchanged", self.reason)])
+            return self._with_audit_failures(table([*rows, ("unchanged", self.reason)]))
         rows += [("registered", f"{self.model_name} version {self.version}"),
                  ("decision", f"{self.alias}: {self.reason}")]
         champion = self.decision["champion"]
@@ -65,7 +64,12 @@ class RetrainSummary:
         decided = [(gate["name"], _number(gate["value"]), f"threshold {_number(gate['threshold'])}",
                     f"champion {_number(gate['baseline'])}", GATE_OUTCOME[gate["passed"]])
                    for gate in self.decision["gates"]]
-        return "\n".join([table(rows), *([table(decided, indent="  ")] if decided else [])])
+        return self._with_audit_failures("\n".join([table(rows), *([table(decided, indent="  ")] if decided else [])]))
+
+    def _with_audit_failures(self, text: str) -> str:
+        """Each failed warning-level check on a line of its own, under the audit's verdict."""
+        audit, rest = text.split("\n", 1)
+        return "\n".join([audit, *(f"  {failure}" for failure in self.audit_failures), rest])
 
 
 @task(name="preflight", cache_policy=NO_CACHE)

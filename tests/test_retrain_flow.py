@@ -168,7 +168,7 @@ def test_evaluate_command_says_what_is_wrong_with_a_bad_uri(trained_project):
     result = subprocess.run([sys.executable, "-m", "flows.cli", "--project-dir", str(project), "evaluate",
                              "models:/tunegate-sst2/99"], capture_output=True, text=True)
     assert result.returncode == 1
-    assert "tunegate: error: Cannot fetch models:/tunegate-sst2/99" in result.stderr
+    assert "tunegate: error: No models:/tunegate-sst2/99 in the registry" in result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,24 +139,14 @@ def register_candidate(store: Store, candidate: Candidate) -> RegisteredVersion:
                              dict(candidate.tags))
 
 
-@contextmanager
-def _logging_to(store: Store) -> Iterator[None]:
-    """MLflow's model logging and registration read the global tracking URI: it points at the store for the call
-    only. set_tracking_uri also exports MLFLOW_TRACKING_URI; the user's environment, which tracking_uri() reads,
-    is put back as it was (else one project's store would leak into the next)."""
-    user_uri = os.environ.get("MLFLOW_TRACKING_URI")
-    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    mlflow.set_tracking_uri(store.uri)
-    mlflow.set_registry_uri(store.uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(before[0])
-        mlflow.set_registry_uri(before[1])
-        if user_uri is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = user_uri
+def _logging_to(store: Store):
+    """MLflow's model logging and registration read the global tracking URI (and the registry's, which follows
+    it): it points at the store for the call only, and is put back as it was, with the MLFLOW_TRACKING_URI that
+    set_tracking_uri exports (else one project's store would leak into the next, or into a child process).
+    MLflow's own context manager for this."""
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    return _use_tracking_uri(store.uri)
 
 
 class _PyfuncNoticeFilter(logging.Filter):
