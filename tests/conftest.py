@@ -105,17 +105,7 @@ def _merge(params: dict, changes: dict) -> None:
             params[key] = value
 
 
-def small_params(**changes: dict) -> dict:
-    """Transitional, until every module calls make_project with its changes: the old small params."""
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    _merge(params, SMALL_PARAMS)
-    for section, values in changes.items():
-        params[section].update(values)
-    return params
-
-
-def make_project(root: Path, params: dict | None = None, *, parts: Collection[str] = PARTS,
-                 **sections: dict) -> Path:
+def make_project(root: Path, *, parts: Collection[str] = PARTS, **sections: dict) -> Path:
     """The tests' one way to make a tunegate project in root; returns root.
 
     params.yaml: the repo's, made small (SMALL_PARAMS), with each keyword's changes to its section merged in, e.g.
@@ -127,9 +117,8 @@ def make_project(root: Path, params: dict | None = None, *, parts: Collection[st
     unknown = set(parts) - set(PARTS)
     if unknown:
         raise ValueError(f"unknown project parts {sorted(unknown)}; known: {PARTS}")
-    if params is None:   # transitional: a params mapping as the old make_project took it
-        params = yaml.safe_load((REPO / "params.yaml").read_text())
-        _merge(params, SMALL_PARAMS)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    _merge(params, SMALL_PARAMS)
     _merge(params, sections)
     root.mkdir(parents=True, exist_ok=True)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
