@@ -12,7 +12,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -38,27 +38,33 @@ os.environ.update({
 })
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 
+from pipeline.config import METHODS  # noqa: E402  (after the environment above, which the library reads at import)
+
+TRAINABLE_METHODS = [m for m in METHODS if m != "qlora"]   # qlora needs CUDA (tests/test_training.py: its refusal)
+
 SMALL_ROWS = {"train": 400, "dev": 100, "test": 200}
 
 
-def small_params(**changes: dict) -> dict:
-    """The repo's params.yaml, made small enough for a test to train in seconds."""
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["split"]["max_train_rows"] = None
-    params["train"].update(epochs=1, batch_size=16)
-    params["gates"]["min_accuracy"] = 0.5
-    for section, values in changes.items():
-        params[section].update(values)
-    return params
+def _sst2_head(name: str, rows: int) -> pd.DataFrame:
+    """The first rows/2 rows of each label of the repo's SST-2 file `name` (train, dev, test), as read."""
+    frame = pd.read_csv(REPO / "data/raw/sst2" / f"{name}.tsv", sep="\t", keep_default_na=False, dtype=str)
+    return frame.groupby("label", group_keys=False).head(rows // 2)
 
 
-def write_sst2_slice(raw_dir: Path) -> None:
-    """Real SST-2 rows, a stratified head of each file (sentences of the test file are longest: few rows)."""
+def sst2_rows(name: str, rows: int) -> pd.DataFrame:
+    """Real SST-2 rows, a stratified head of the file `name`, in the columns of a split file (text, integer label)."""
+    from pipeline.data.split import LABEL, TEXT
+
+    frame = _sst2_head(name, rows)
+    return pd.DataFrame({TEXT: frame["sentence"], LABEL: frame["label"].astype(int)}).reset_index(drop=True)
+
+
+def write_sst2_slice(raw_dir: Path, rows: dict[str, int] = SMALL_ROWS) -> None:
+    """Real SST-2 rows, a stratified head of each file as it comes (sentences of the test file are longest: few
+    rows); rows: how many of each file."""
     raw_dir.mkdir(parents=True, exist_ok=True)
-    for name, rows in SMALL_ROWS.items():
-        frame = pd.read_csv(REPO / "data/raw/sst2" / f"{name}.tsv", sep="\t", keep_default_na=False, dtype=str)
-        frame = frame.groupby("label", group_keys=False).head(rows // 2)
-        frame.to_csv(raw_dir / f"{name}.tsv", sep="\t", index=False)
+    for name, count in rows.items():
+        _sst2_head(name, count).to_csv(raw_dir / f"{name}.tsv", sep="\t", index=False)
 
 
 # Benchmark slices: the first STS-B test pairs; the EEC sentences of two templates (one emotion
@@ -81,22 +87,56 @@ def git(project: Path, *args: str) -> None:
     subprocess.run(["git", *args], cwd=project, check=True, capture_output=True)
 
 
-def make_project(root: Path, params: dict) -> Path:
-    """A real tunegate project: git repo, DVC repo with a local remote, the pipeline code, small data."""
+# The repo's params.yaml, made small enough for a test to train in seconds: every project starts from these.
+SMALL_PARAMS = {"split": {"max_train_rows": None}, "train": {"epochs": 1, "batch_size": 16},
+                "gates": {"min_accuracy": 0.5}}
+PARTS = ("sst2", "benchmarks", "repo")
+DROP = object()   # a value in make_project's changes: the key is left out of params.yaml
+
+
+def _merge(params: dict, changes: dict) -> None:
+    """Merge nested changes into params: mappings key by key, any other value replaces; DROP deletes the key."""
+    for key, value in changes.items():
+        if value is DROP:
+            del params[key]
+        elif isinstance(value, dict) and isinstance(params.get(key), dict):
+            _merge(params[key], value)
+        else:
+            params[key] = value
+
+
+def make_project(root: Path, *, parts: Collection[str] = PARTS, **sections: dict) -> Path:
+    """The tests' one way to make a tunegate project in root; returns root.
+
+    params.yaml: the repo's, made small (SMALL_PARAMS), with each keyword's changes to its section merged in, e.g.
+    `make_project(root, train={"method": "full", "layers": {"lr_decay": 0.5}})`: mappings merge key by key (the
+    other keys of train and of train.layers stay), any other value (a list, None) replaces, DROP deletes the key.
+    parts, what else the project holds: "sst2" the SST-2 slice (data/raw/sst2), "benchmarks" the STS-B and EEC
+    slices (data/raw), "repo" a git and DVC repo (a local remote) with the pipeline code and dvc.yaml, all committed.
+    Without "repo" it may be called again on the same root: params.yaml (and the parts) are written anew."""
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        raise ValueError(f"unknown project parts {sorted(unknown)}; known: {PARTS}")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    _merge(params, SMALL_PARAMS)
+    _merge(params, sections)
     root.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(REPO / "pipeline", root / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    write_sst2_slice(root / "data/raw/sst2")
-    write_benchmark_slices(root / "data/raw")
-    git(root, "init", "-q")
-    git(root, "config", "user.email", "tests@tunegate.invalid")
-    git(root, "config", "user.name", "tunegate tests")
-    subprocess.run(["dvc", "init", "-q"], cwd=root, check=True, env={**os.environ, "PATH": _venv_path()})
-    subprocess.run(["dvc", "remote", "add", "-q", "-d", "local", str(root / ".dvc/storage")], cwd=root, check=True,
-                   env={**os.environ, "PATH": _venv_path()})
-    git(root, "add", "-A")
-    git(root, "commit", "-q", "-m", "test project")
+    if "sst2" in parts:
+        write_sst2_slice(root / "data/raw/sst2")
+    if "benchmarks" in parts:
+        write_benchmark_slices(root / "data/raw")
+    if "repo" in parts:
+        shutil.copytree(REPO / "pipeline", root / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+        git(root, "init", "-q")
+        git(root, "config", "user.email", "tests@tunegate.invalid")
+        git(root, "config", "user.name", "tunegate tests")
+        subprocess.run(["dvc", "init", "-q"], cwd=root, check=True, env={**os.environ, "PATH": _venv_path()})
+        subprocess.run(["dvc", "remote", "add", "-q", "-d", "local", str(root / ".dvc/storage")], cwd=root,
+                       check=True, env={**os.environ, "PATH": _venv_path()})
+        git(root, "add", "-A")
+        git(root, "commit", "-q", "-m", "test project")
     return root
 
 
@@ -106,7 +146,7 @@ def _venv_path() -> str:
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
-    return make_project(tmp_path / "project", small_params())
+    return make_project(tmp_path / "project")
 
 
 @pytest.fixture(scope="session")
@@ -120,13 +160,9 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     from pipeline.data.split import read_split, write_splits
     from pipeline.training.loop import train_model
 
-    root = tmp_path_factory.mktemp("tiny-models")
-    params = small_params(model={"max_length": 64},
-                          train={"batch_size": 16, "eval_steps": 25, "save_steps": 25, "logging_steps": 25,
-                                 "precision": "fp32", "warmup_ratio": 0.0})
-    params["train"]["learning_rate"]["lora"] = 5.0e-3
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    write_sst2_slice(root / "data/raw/sst2")
+    root = make_project(tmp_path_factory.mktemp("tiny-models"), parts=("sst2",), model={"max_length": 64},
+                        train={"batch_size": 16, "eval_steps": 25, "save_steps": 25, "logging_steps": 25,
+                               "precision": "fp32", "warmup_ratio": 0.0, "learning_rate": {"lora": 5.0e-3}})
     config = load_config(root)
     paths = write_splits(config)
     trained = train_model(config, read_split(paths.train), read_split(paths.validation).head(64), root / "trained")
@@ -242,10 +278,7 @@ def lm_config(project_dir: Path, model_dir: Path, data: dict | None = None, **ov
     `data`: changes to the data section (which overrides may not touch: DVC versions it)."""
     from pipeline.config import load_config
 
-    params = small_params(data=data or {})
-    params["task"]["type"] = "causal_lm"
-    project_dir.mkdir(parents=True, exist_ok=True)
-    (project_dir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    make_project(project_dir, parts=(), data=data or {}, task={"type": "causal_lm"})
     settings = {"model.base": str(model_dir), "model.max_length": 96, "train.layers.freeze_lowest": 1, "train.epochs": 1,
                 "train.batch_size": 8, "train.eval_steps": 4, "train.save_steps": 4, "train.logging_steps": 4,
                 "train.precision": "fp32", "task.causal_lm.eval_rows": 16, "task.causal_lm.validation_rows": 8,

@@ -12,10 +12,10 @@ from flows.cli import main
 from pipeline.audit import slices
 from pipeline.audit.checks import audit_file, audit_raw_data, batch_definition, class_table, validate
 from pipeline.audit.expectations import class_specs
-from pipeline.config import apply_override, load_config
+from pipeline.config import load_config
 from pipeline.data.readers import read_table
 from pipeline.errors import AuditFailed, ConfigError, DataError
-from tests.conftest import REPO, small_params, write_sst2_slice
+from tests.conftest import REPO, make_project
 
 LEXICON = {"gender": {"women": ["she", "her"], "men": ["he", "his"]}}
 ROWS = 40
@@ -43,19 +43,22 @@ def write(frame: pd.DataFrame, path: Path) -> Path:
 
 def audit_project(root: Path, train: pd.DataFrame, validation: pd.DataFrame | None = None,
                  suffix: str = ".tsv", overrides: dict | None = None) -> Path:
-    """A project whose raw files are the given frames, with the test lexicon; small classes and slices allowed."""
-    root.mkdir(parents=True, exist_ok=True)
+    """A project whose raw files are the given frames, with the test lexicon; small classes and slices allowed;
+    overrides: audit keys (`checks.duplicates.severity`) and their values."""
+    audit = {"checks": {"rows_per_class": {"min_rows": 10}}, "bias": {"lexicon": "lexicon.yaml", "min_slice_rows": 5}}
+    for key, value in (overrides or {}).items():
+        *sections, name = key.split(".")
+        node = audit
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[name] = value
+    make_project(root, parts=(), audit=audit,
+                 data={"train": f"raw/train{suffix}", "validation": None if validation is None else "raw/validation.tsv",
+                       "test": None})
     (root / "lexicon.yaml").write_text(yaml.safe_dump(LEXICON, sort_keys=False))
-    params = small_params(data={"train": f"raw/train{suffix}", "validation": None, "test": None})
-    params["audit"]["checks"]["rows_per_class"]["min_rows"] = 10
-    params["audit"]["bias"].update(lexicon="lexicon.yaml", min_slice_rows=5)
     write(train, root / f"raw/train{suffix}")
     if validation is not None:
-        params["data"]["validation"] = "raw/validation.tsv"
         write(validation, root / "raw/validation.tsv")
-    for key, value in (overrides or {}).items():
-        apply_override(params, f"audit.{key}={value}")
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return root
 
 
@@ -284,9 +287,7 @@ def test_cli_unreadable_file_is_one_message_and_exit_1(tmp_path, capsys):
 
 
 def test_real_sst2_slice_passes_with_its_real_issues_as_warnings(tmp_path):
-    write_sst2_slice(tmp_path / "data/raw/sst2")
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(small_params()))
-    report = audit_raw_data(load_config(tmp_path))
+    report = audit_raw_data(load_config(make_project(tmp_path, parts=("sst2",))))
     assert report.passed
     assert set(failed(report).values()) <= {"warning"}
     assert len(report.files) == 3 and [f.rows for f in report.files] == [400, 100, 200]

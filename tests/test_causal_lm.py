@@ -16,23 +16,16 @@ from pipeline.evaluation import lm_scoring
 from pipeline.governance.registration import Candidate, register_candidate
 from pipeline.governance.store import connect
 from pipeline.audit.checks import audit_raw_data
-from pipeline.config import METHODS, Config
+from pipeline.config import Config
 from pipeline.errors import DataError
 from pipeline.training.models import ADAPTER_CONFIG, load_causal_lm, load_tokenizer
 from pipeline.data.split import LABEL, TEXT
 from pipeline.tasks import causal_lm, evaluate_model
 from pipeline.tasks.causal_lm import chat, evaluation
 from pipeline.training.loop import train_model
-from tests.conftest import REPO, lm_config, load_registered, tiny_llama
+from tests.conftest import REPO, TRAINABLE_METHODS, lm_config, load_registered, sst2_rows, tiny_llama, write_sst2_slice
 
 SYSTEM = "You label the sentiment of movie reviews as positive or negative."
-TRAINABLE_METHODS = [m for m in METHODS if m != "qlora"]   # qlora needs CUDA (tests/test_training.py: its refusal)
-
-
-def sst2_rows(name: str, rows: int) -> pd.DataFrame:
-    frame = pd.read_csv(REPO / "data/raw/sst2" / f"{name}.tsv", sep="\t", keep_default_na=False, dtype=str)
-    frame = frame.groupby("label", group_keys=False).head(rows // 2)
-    return pd.DataFrame({TEXT: frame["sentence"], LABEL: frame["label"].astype(int)}).reset_index(drop=True)
 
 
 # --- prompts and masking ------------------------------------------------------------------------------------
@@ -121,17 +114,10 @@ def test_benchmark_files_are_read_as_stratified_subsets():
 
 # --- data -------------------------------------------------------------------------------------------------------
 
-def write_sst2(directory: Path, name: str, rows: int) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    sst2_rows(name, rows).rename(columns={TEXT: "sentence", LABEL: "label"}).to_csv(directory / f"{name}.tsv",
-                                                                                    sep="\t", index=False)
-
-
 def test_a_malformed_json_lines_file_stops_the_audit_with_the_file_and_line(tiny_dir, tmp_path):
     config = lm_config(tmp_path, tiny_dir)
     raw = tmp_path / "data/raw/sst2"
-    for name in ("dev", "test"):
-        write_sst2(raw, name, 40)
+    write_sst2_slice(raw, {"dev": 40, "test": 40})
     train = raw / "train.jsonl"
     train.write_text('{"sentence": "a fine film", "label": 1}\n{"sentence": "dull", "label": 0\n')
     config = config.model_copy(update={"data": config.data.model_copy(update={"train": str(train)})})
@@ -197,8 +183,7 @@ def test_the_registered_pyfunc_generates_text_from_prompts(trained_methods, tmp_
 
 def test_the_audit_counts_tokens_of_the_rendered_prompts(tiny_dir, tmp_path):
     config = lm_config(tmp_path, tiny_dir, **{"model.max_length": 40})
-    for name in ("train", "dev", "test"):
-        write_sst2(tmp_path / "data/raw/sst2", name, 40)
+    write_sst2_slice(tmp_path / "data/raw/sst2", {"train": 40, "dev": 40, "test": 40})
     report = audit_raw_data(config)
     truncated = next(c for c in report.files[0].checks if c.check == "truncated")
     # the chat prompt alone is ~35 tokens: most rows go over 40 once rendered

@@ -8,14 +8,13 @@ import textwrap
 import time
 
 import pytest
-import yaml
 
 from pipeline.governance.aliases import LOCK_SUFFIX, alias_history
 from pipeline.governance.registration import Candidate, register_candidate
 from pipeline.governance.store import connect
 from pipeline.governance.versions import champion_version
 from pipeline.config import load_config
-from tests.conftest import mlflow_server, scratch_database, small_params, write_sst2_slice
+from tests.conftest import make_project, mlflow_server, scratch_database
 
 
 @pytest.fixture
@@ -49,12 +48,8 @@ PROMOTE = textwrap.dedent("""
 
 
 def test_two_promotions_at_once_end_with_one_champion_the_better_one(tmp_path, tracking_server, tiny_models):
-    project = tmp_path / "project"
-    params = small_params(registry={"tracking_uri": tracking_server},
-                          gates={"min_accuracy": 0.5, "lock": {"lease_s": 600, "wait_s": 120, "poll_s": 0.2}})
-    project.mkdir()
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    write_sst2_slice(project / "data/raw/sst2")
+    project = make_project(tmp_path / "project", parts=("sst2",), registry={"tracking_uri": tracking_server},
+                           gates={"min_accuracy": 0.5, "lock": {"lease_s": 600, "wait_s": 120, "poll_s": 0.2}})
     from pipeline.data.split import write_splits
 
     config = load_config(project)

@@ -4,12 +4,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 from pydantic import ValidationError
 
 from pipeline.config import json_schema, load_config
 from pipeline.errors import ConfigError
-from tests.conftest import REPO
+from tests.conftest import DROP, REPO, make_project
 
 
 def test_loads_repo_params_into_a_frozen_config():
@@ -70,9 +69,7 @@ def test_bad_overrides_name_the_key_and_the_fix(override, message):
 
 
 def test_bad_params_file_names_the_missing_key(tmp_path: Path):
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    del params["gates"]["min_accuracy"]
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    make_project(tmp_path, parts=(), gates={"min_accuracy": DROP})
     with pytest.raises(ConfigError, match="Missing key 'gates.min_accuracy'"):
         load_config(tmp_path)
 

@@ -22,7 +22,7 @@ from pipeline.governance.store import connect
 from pipeline.governance.versions import VersionRow, champion_version, list_versions
 from pipeline.config import load_config
 from pipeline.errors import AuditFailed, DriftFailed
-from tests.conftest import REPO, assert_operator_log, free_port, healthy, make_project, small_params, wait_for
+from tests.conftest import REPO, assert_operator_log, free_port, healthy, make_project, wait_for
 
 BATCH_ROWS = 160   # electronics reviews per batch, half of each label
 SMALL_BATCH_ROWS = 80   # where the batch only has to be learned, not measured
@@ -41,15 +41,12 @@ def drop_batch(project: Path, name: str, frame: pd.DataFrame) -> Path:
     return path
 
 
-def continual_params(**changes: dict) -> dict:
-    return small_params(model={"max_length": 64}, train={"init": "champion"},
-                        gates={"min_accuracy": 0.0, "max_forgetting": None, "max_bias_gap": None}, **changes)
-
-
 @pytest.fixture(scope="module")
 def champion_project(tmp_path_factory) -> Path:
     """A project whose champion (version 1) was trained on the SST-2 slice; copied per test."""
-    project = make_project(tmp_path_factory.mktemp("continual") / "project", continual_params())
+    project = make_project(tmp_path_factory.mktemp("continual") / "project", model={"max_length": 64},
+                           train={"init": "champion"},
+                           gates={"min_accuracy": 0.0, "max_forgetting": None, "max_bias_gap": None})
     assert retrain(str(project)).alias == "champion"
     return project
 

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
 from pipeline.evaluation import benchmarks
 from pipeline.config import load_config
@@ -21,7 +20,7 @@ from pipeline.tasks.classification.evaluation import base_general_scores, genera
 from pipeline.evaluation.bias import counterfactual_gaps, counterfactual_metrics, group_metrics, group_summary_metrics
 from pipeline.training.models import load_classifier, load_tokenizer, resolve_model_path
 from pipeline.data.split import LABEL, TEXT
-from tests.conftest import REPO, small_params, write_benchmark_slices, write_sst2_slice
+from tests.conftest import REPO, make_project
 
 # Five predictions, by hand: predicted classes 0, 0, 1, 1, 1 against references 0, 1, 1, 0, 1.
 PROBS = np.array([[0.92, 0.08], [0.62, 0.38], [0.34, 0.66], [0.25, 0.75], [0.45, 0.55]])
@@ -160,27 +159,20 @@ def test_group_metrics_match_a_hand_computed_case():
         "group_dp_difference": 0.25, "group_eo_difference": 0.5})
 
 
-def project_with(tmp_path: Path, **evaluate: object) -> Path:
-    params = small_params(evaluate=evaluate)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    write_benchmark_slices(tmp_path / "data/raw")
-    return tmp_path
-
-
 @pytest.mark.parametrize("evaluate, key", [
     ({"general": [{"name": "stsb", "kind": "sts", "path": "data/raw/stsb/nope.csv"}]}, "evaluate.general[0].path"),
     ({"earlier_tasks": [{"name": "b1", "path": "data/old.tsv", "text_column": "sentence", "label_column": "label"}]},
      "evaluate.earlier_tasks[0].path"),
 ])
 def test_a_missing_benchmark_file_names_the_file_and_the_params_key(tmp_path, evaluate, key):
-    config = load_config(project_with(tmp_path, **evaluate))
+    config = load_config(make_project(tmp_path, parts=("benchmarks",), evaluate=evaluate))
     message = rf"Benchmark file {tmp_path}/data/\S+ not found: set {re.escape(key)} in params.yaml"
     with pytest.raises(DataError, match=message):
         benchmark_files(config)
 
 
 def test_a_missing_counterfactual_corpus_names_its_key(tmp_path):
-    project = project_with(tmp_path)
+    project = make_project(tmp_path, parts=("benchmarks",))
     (project / "data/raw/eec/Equity-Evaluation-Corpus.csv").unlink()
     with pytest.raises(DataError, match=r"Equity-Evaluation-Corpus.csv not found: set evaluate.counterfactual.path"):
         benchmark_files(load_config(project))
@@ -188,13 +180,13 @@ def test_a_missing_counterfactual_corpus_names_its_key(tmp_path):
 
 def test_an_unknown_benchmark_kind_lists_the_known_ones(tmp_path):
     glue = {"name": "x", "kind": "glue", "path": "data/raw/stsb/sts-test.csv"}
-    config = load_config(project_with(tmp_path, general=[glue]))
+    config = load_config(make_project(tmp_path, parts=("benchmarks",), evaluate={"general": [glue]}))
     with pytest.raises(ConfigError, match="evaluate.general\\[0\\].kind 'glue' is unknown; known kinds: sts"):
         benchmark_files(config)
 
 
 def test_base_scores_are_computed_once_and_then_read_from_the_cache(tmp_path):
-    config = load_config(project_with(tmp_path))
+    config = load_config(make_project(tmp_path, parts=("benchmarks",)))
     paths = benchmark_files(config)
     first = base_general_scores(config, paths)
     base_dir = resolve_model_path(config.model.base)
@@ -216,9 +208,8 @@ def test_base_scores_are_computed_once_and_then_read_from_the_cache(tmp_path):
 
 def test_the_whole_suite_on_the_base_model_reports_no_forgetting(tmp_path):
     """The base model as its own candidate: same encoder, so forgetting is exactly 0; every part reported."""
-    project = project_with(tmp_path, earlier_tasks=[{"name": "dev", "path": "data/raw/sst2/dev.tsv",
-                                                     "text_column": "sentence", "label_column": "label"}])
-    write_sst2_slice(project / "data/raw/sst2")
+    project = make_project(tmp_path, parts=("sst2", "benchmarks"), evaluate={"earlier_tasks": [
+        {"name": "dev", "path": "data/raw/sst2/dev.tsv", "text_column": "sentence", "label_column": "label"}]})
     # The 200 test rows of the slice mention men 17 times and women 3 times (alone): compare groups of 3.
     config = load_config(project, ["audit.bias.min_slice_rows=3"])
     test = pd.read_csv(project / "data/raw/sst2/test.tsv", sep="\t").rename(columns={"sentence": TEXT, "label": LABEL})

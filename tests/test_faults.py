@@ -15,12 +15,12 @@ from pipeline.config import load_config
 from pipeline.errors import EnvironmentProblem, ModelError
 from pipeline.training.models import resolve_model_path
 from pipeline.preflight import run_preflight
-from tests.conftest import free_port, git, make_project, small_params
+from tests.conftest import free_port, git, make_project
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
-    return make_project(tmp_path_factory.mktemp("faults") / "project", small_params())
+    return make_project(tmp_path_factory.mktemp("faults") / "project")
 
 
 def _config(project: Path, *overrides: str):

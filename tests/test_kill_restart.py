@@ -31,7 +31,7 @@ from pipeline.governance.versions import (MODEL_CARD_ARTIFACT, REASON_TAG, REPOR
                                           registered_model_dir)
 from pipeline.config import load_config
 from pipeline.governance.promotion import DECISION_RECORD, FLOW_DECISION
-from tests.conftest import REPO, free_port, healthy, make_project, small_params, wait_for
+from tests.conftest import REPO, free_port, healthy, make_project, wait_for
 from tests.kill_at import KILLED_AT
 
 
@@ -120,9 +120,8 @@ def runs(tmp_path_factory) -> dict[str, Run]:
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     runner = Runner(env)   # both start (imports, seconds) while the project is made
     try:
-        project = make_project(root / "project", small_params(
-            split={"max_train_rows": TRAIN_ROWS}, model={"max_length": 64},
-            train={"eval_steps": CHECKPOINT_STEPS, "save_steps": CHECKPOINT_STEPS}))
+        project = make_project(root / "project", split={"max_train_rows": TRAIN_ROWS}, model={"max_length": 64},
+                               train={"eval_steps": CHECKPOINT_STEPS, "save_steps": CHECKPOINT_STEPS})
         wait_for(lambda: healthy(f"{api_url}/health"), 120, "Prefect server", [server], poll_s=0.5)
         observed = {step.name: runner(project, "retrain", step) for step in STEPS}
         observed["finished"] = runner(project, "retrain")

@@ -26,7 +26,7 @@ from pipeline.governance.versions import MODEL_CARD_ARTIFACT
 from pipeline.config import load_config
 from pipeline.errors import ReproduceError
 from pipeline.training.models import resolve_model_path, weights_sha256
-from tests.conftest import free_port, load_registered, make_project, small_params
+from tests.conftest import free_port, load_registered, make_project
 
 NAME = "tunegate-sst2"
 
@@ -34,7 +34,7 @@ NAME = "tunegate-sst2"
 @pytest.fixture(scope="module")
 def lineage_project(tmp_path_factory):
     """Version 1 from the base model, version 2 a warm start from version 1."""
-    project = make_project(tmp_path_factory.mktemp("lineage") / "project", small_params(gates={"min_accuracy": 0.0}))
+    project = make_project(tmp_path_factory.mktemp("lineage") / "project", gates={"min_accuracy": 0.0})
     first = retrain(str(project))
     second = retrain(str(project), [f"model.base=models:/{NAME}@champion", "train.seed=7"])
     return project, first, second

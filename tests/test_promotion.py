@@ -11,7 +11,6 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-import yaml
 
 from flows.cli import main
 from pipeline.governance import gates
@@ -24,22 +23,11 @@ from pipeline.errors import PromotionError
 from pipeline.tasks import evaluate_model
 from pipeline.governance.promotion import CHAMPION_REPORTS, DECISION_RECORD, override, promote_candidate, rollback
 from pipeline.data.split import read_split, write_splits
-from tests.conftest import small_params, write_benchmark_slices, write_sst2_slice
+from tests.conftest import make_project
 
 MODEL = "tunegate-sst2"
 GATES = {"min_accuracy": 0.0, "champion_tolerance": 0.0, "max_forgetting": 0.5, "max_bias_gap": 0.5,
          "lock": {"lease_s": 600, "wait_s": 30, "poll_s": 0.2}}
-
-
-def make_store(root: Path) -> Path:
-    """A project with small data, its splits written, and an empty registry."""
-    root.mkdir(parents=True)
-    (root / "params.yaml").write_text(yaml.safe_dump(small_params(model={"max_length": 64}, gates=GATES),
-                                                     sort_keys=False))
-    write_sst2_slice(root / "data/raw/sst2")
-    write_benchmark_slices(root / "data/raw")
-    write_splits(load_config(root))
-    return root
 
 
 def register(config, model_dir: Path, metrics: dict[str, float], data_version: str) -> RegisteredVersion:
@@ -54,7 +42,10 @@ def promoted(tmp_path_factory, tiny_models):
     1  untrained head, on data version `old`, logged with a flattering accuracy of 0.99 -> champion;
     2  trained, on `new`: the champion is re-measured on `new` before the gates -> champion;
     3  untrained, on `new` too: the champion's own metrics are the baseline -> challenger."""
-    project = make_store(tmp_path_factory.mktemp("promotion") / "project")
+    # a project with small data, its splits written, and an empty registry
+    project = make_project(tmp_path_factory.mktemp("promotion") / "project", parts=("sst2", "benchmarks"),
+                           model={"max_length": 64}, gates=GATES)
+    write_splits(load_config(project))
     config = load_config(project)
     test = read_split(config.path("data/splits/test.csv"))
     reports = project / "outputs/evaluation"

@@ -16,13 +16,13 @@ from pipeline.governance.store import connect
 from pipeline.governance.versions import champion_version, list_versions
 from pipeline.config import load_config
 from pipeline.errors import AuditFailed, DataError
-from tests.conftest import load_registered, make_project, small_params
+from tests.conftest import load_registered, make_project
 
 
 @pytest.fixture(scope="module")
 def trained_project(tmp_path_factory):
     """One project, retrained twice: a first run, then one whose gate it cannot pass."""
-    project = make_project(tmp_path_factory.mktemp("flow") / "project", small_params(gates={"min_accuracy": 0.0}))
+    project = make_project(tmp_path_factory.mktemp("flow") / "project", gates={"min_accuracy": 0.0})
     first = retrain(str(project))
     second = retrain(str(project), ["gates.min_accuracy=1.0", "train.seed=7"])
     return project, first, second
@@ -114,7 +114,7 @@ def _latin1(path):
     (_latin1, DataError, "train.tsv: not UTF-8 text: byte 0xe9 at line 402, column 4"),
 ])
 def test_bad_data_stops_the_run_at_the_audit_and_registers_nothing(tmp_path, break_file, error, message):
-    project = make_project(tmp_path / "project", small_params())
+    project = make_project(tmp_path / "project")
     break_file(project / "data/raw/sst2/train.tsv")
     with pytest.raises(error) as info:
         retrain(str(project))
@@ -124,7 +124,7 @@ def test_bad_data_stops_the_run_at_the_audit_and_registers_nothing(tmp_path, bre
 
 
 def test_cli_exits_non_zero_with_the_message_on_bad_data(tmp_path):
-    project = make_project(tmp_path / "project", small_params())
+    project = make_project(tmp_path / "project")
     train = project / "data/raw/sst2/train.tsv"
     pd.read_csv(train, sep="\t", dtype=str).drop(columns=["label"]).to_csv(train, sep="\t", index=False)
     result = subprocess.run([sys.executable, "-m", "flows.cli", "--project-dir", str(project), "retrain"],

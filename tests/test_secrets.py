@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.governance.store import connect
 from pipeline.config import load_config
-from tests.conftest import assert_operator_log, make_project, scratch_database, small_params
+from tests.conftest import assert_operator_log, make_project, scratch_database
 
 SECRET = f"pl4nted-{uuid.uuid4().hex[:8]}"
 
@@ -20,8 +20,7 @@ SECRET = f"pl4nted-{uuid.uuid4().hex[:8]}"
 @pytest.fixture(scope="module")
 def secret_run(tmp_path_factory):
     with scratch_database("tg_secrets") as database:
-        project = make_project(tmp_path_factory.mktemp("secrets") / "project",
-                               small_params(gates={"min_accuracy": 0.0}))
+        project = make_project(tmp_path_factory.mktemp("secrets") / "project", gates={"min_accuracy": 0.0})
         # trust auth: the server ignores the password, so the run works and the secret travels through everything
         uri = f"postgresql://postgres:{SECRET}@127.0.0.1:5432/{database}"
         env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "TUNEGATE_API_TOKEN": f"{SECRET}-token"}

@@ -15,7 +15,7 @@ from pipeline.config import load_config
 from pipeline.governance.registration import Candidate, register_candidate
 from pipeline.governance.store import connect
 from pipeline.governance.versions import registered_model_dir
-from tests.conftest import REPO, load_registered, make_project, small_params
+from tests.conftest import REPO, load_registered, make_project
 
 BEFORE_RESTRUCTURE = "5b483b2"   # main before pipeline/ became subpackages
 REGISTER_WITH_OLD_CODE = textwrap.dedent("""
@@ -38,7 +38,7 @@ def test_a_version_logged_before_the_restructure_loads_and_predicts_as_one_logge
     archive = subprocess.run(["git", "archive", BEFORE_RESTRUCTURE, "pipeline"], cwd=REPO, capture_output=True,
                              check=True).stdout
     tarfile.open(fileobj=io.BytesIO(archive)).extractall(old_code, filter="data")
-    project = make_project(tmp_path / "project", small_params())
+    project = make_project(tmp_path / "project", parts=())   # params.yaml: a registration needs no data
     logged = subprocess.run([sys.executable, "-c", REGISTER_WITH_OLD_CODE, str(project), str(tiny_models["trained"]),
                              str(old_code)], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(old_code)},
                             capture_output=True, text=True)

