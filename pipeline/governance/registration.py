@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,14 +140,21 @@ def register_candidate(store: Store, candidate: Candidate) -> RegisteredVersion:
                              dict(candidate.tags))
 
 
-def _logging_to(store: Store):
+@contextmanager
+def _logging_to(store: Store) -> Iterator[None]:
     """MLflow's model logging and registration read the global tracking URI (and the registry's, which follows
-    it): it points at the store for the call only, and is put back as it was, with the MLFLOW_TRACKING_URI that
-    set_tracking_uri exports (else one project's store would leak into the next, or into a child process).
-    MLflow's own context manager for this."""
+    it): it points at the store for the call only (MLflow's own context manager for this), and is put back as it
+    was. That manager unsets the MLFLOW_TRACKING_URI set_tracking_uri exports; a user's own, which tracking_uri()
+    reads, is put back too."""
     from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
-    return _use_tracking_uri(store.uri)
+    user_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        with _use_tracking_uri(store.uri):
+            yield
+    finally:
+        if user_uri is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = user_uri
 
 
 class _PyfuncNoticeFilter(logging.Filter):
