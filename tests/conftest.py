@@ -339,3 +339,26 @@ def mlflow_server(database: str, workdir: Path) -> Iterator[str]:
         except subprocess.TimeoutExpired:   # its workers wait for idle connections to close
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """Debian's Chromium, headless, driven through its ChromeDriver by Selenium (.ci/run installs both)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    missing = [str(path) for path in (CHROMIUM, CHROMEDRIVER) if not path.exists()]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} not found: install Debian's browser with "
+                    "`apt-get install chromium chromium-driver` (as .ci/run does)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    yield driver
+    driver.quit()
