@@ -14,7 +14,7 @@ import mlflow
 import yaml
 
 from pipeline.data.split import read_split, split_paths
-from pipeline.governance import gates, lineage
+from pipeline.governance import lineage
 from pipeline.governance.serving import MODEL_ARTIFACT, SERVING_REQUIREMENTS
 from pipeline.governance.store import Store
 from pipeline.governance.versions import (DECISION_TAG, MODEL_CARD_ARTIFACT, REASON_TAG, REPORTS_DIR,
@@ -77,8 +77,7 @@ def unfinished_version(store: Store, code: lineage.GitState, data_version: DataV
     same = version_of_run(store, code, data_version)
     if same is None or same.finished:
         return None
-    found = find_version(store, same.uri)
-    return dataclasses.replace(found, metrics=gates.candidate_metrics(found.metrics))
+    return find_version(store, same.uri)
 
 
 def register_run(store: Store, code: lineage.GitState, data_version: DataVersion, trained: TrainResult,
