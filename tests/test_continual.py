@@ -21,6 +21,7 @@ from pipeline.governance import lineage
 from pipeline.governance.store import connect
 from pipeline.governance.versions import VersionRow, champion_version, list_versions
 from pipeline.config import load_config
+from pipeline.data.split import LABEL, TEXT, read_split, split_paths, write_splits
 from pipeline.errors import AuditFailed, DriftFailed
 from tests.conftest import REPO, assert_operator_log, free_port, healthy, make_project, wait_for
 
@@ -135,6 +136,28 @@ def test_two_candidates_train_on_dask_and_the_better_passing_one_is_promoted(pro
     assert champion_version(connect(load_config(project))).version == best.version
     rows = versions(project)
     assert {rows[c.version].tags[lineage.PARENT_TAG] for c in summary.candidates} == {"models:/tunegate-sst2/1"}
+
+
+# --- the batch's audit against the pool: every split of the data and of earlier batches (no training) -----------
+
+def test_a_batch_of_rows_already_in_the_pool_fails_the_audit_and_a_new_one_passes(tmp_path):
+    project = make_project(tmp_path / "project", parts=("sst2",), audit={"checks": {"rows_per_class": {"min_rows": 5}}})
+    config = load_config(project)
+    write_splits(config)
+    # the champion's own training rows, sent again as a batch: they would land in the batch's test split too
+    train = read_split(split_paths(config).train).head(60)
+    leaked = drop_batch(project, "leaked", train.rename(columns={TEXT: "sentence", LABEL: "label"}))
+    with pytest.raises(AuditFailed, match=r"(?s)pool_leakage \(sentence\): 60 row\(s\) \(100%\) also appear in the "
+                                          r"pool \(a split of the data or of an earlier batch\)"):
+        batches.audit_batch(config, batches.incoming_batches(config)[0])
+    leaked.unlink()
+    # a batch already pooled (by a step killed before it finished) is not leakage of its own rows
+    drop_batch(project, "electronics", electronics_rows(SMALL_BATCH_ROWS))
+    (new,) = batches.incoming_batches(config)
+    batches.add_to_pool(config, new)
+    write_splits(config)
+    report = batches.audit_batch(config, new)
+    assert [(c.check, c.status) for c in report.checks if c.check == "pool_leakage"] == [("pool_leakage", "passed")]
 
 
 # --- the cache of the retraining flow (on the shared champion project: nothing new may be registered) ----------

@@ -115,6 +115,7 @@ class AuditChecks(Section):
     class_balance: MinShareCheck
     rows_per_class: MinRowsCheck
     leakage: MaxShareCheck
+    pool_leakage: MaxShareCheck     # a continual batch's rows whose text is in the pool's splits already
 
 
 class BiasConfig(Section):

@@ -16,13 +16,14 @@ from pathlib import Path
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from pipeline.audit.checks import AuditReport, audit_files
+from pipeline.audit.checks import AuditReport, audit_files, normalise
 from pipeline.config import Config, EarlierTask
 from pipeline.data.readers import READERS
 from pipeline.data import drift
 from pipeline.errors import AuditFailed, ConfigError, DataError, DriftFailed
 from pipeline.governance.versions import VersionRow
-from pipeline.data.split import LABEL, TEXT, SplitPaths, batch_files, read_batch, read_split, split_paths
+from pipeline.data.split import (LABEL, TEXT, SplitPaths, batch_files, pool_batches, read_batch, read_split,
+                                 split_paths)
 
 # Lineage tags of a version trained by a continual step (parent_model and data_version are shared with
 # the warm start of `model.base: models:/...`).
@@ -95,10 +96,21 @@ def add_to_pool(config: Config, batch: Batch) -> Path:
     return target
 
 
+def pool_texts(config: Config, batch: Batch) -> set[str]:
+    """The texts already in the pool, normalised as the audit compares them: every split of the data section and of
+    each earlier batch (the batch's own, pooled by a step killed before it finished, left out)."""
+    earlier = [None, *(name for name in pool_batches(config) if name != batch.name)]
+    splits = [split_paths(config, name) for name in earlier]
+    texts = pd.concat([read_split(path)[TEXT] for paths in splits for path in (paths.train, paths.validation,
+                                                                                paths.test)])
+    return set(normalise(texts).dropna())
+
+
 def audit_batch(config: Config, batch: Batch) -> AuditReport:
-    """The audit every run makes (quality and bias), on the batch's files; raise AuditFailed on an error."""
+    """The audit every run makes (quality and bias), on the batch's files, with the texts already in the pool (pool
+    leakage); raise AuditFailed on an error."""
     files = [batch.path] if batch.path.is_file() else batch_files(batch.path)
-    report = audit_files(config, [str(path) for path in files], None, f"audit-{batch.name}")
+    report = audit_files(config, [str(path) for path in files], None, f"audit-{batch.name}", pool_texts(config, batch))
     if not report.passed:
         errors = "\n".join(f"  {check}" for check in report.errors)
         raise AuditFailed(f"Audit of batch {batch.name!r} failed, nothing was trained or registered "
