@@ -215,6 +215,15 @@ def log_to_run(store: Store, run_id: str, metrics: dict[str, float], records: di
         store.client.log_artifact(run_id, str(artifact), artifact_path=artifact_path)
 
 
+def record_rejection(store: Store, run_name: str, tags: dict[str, str], records: dict[str, dict]) -> str:
+    """A run that registers no model, the tracking store's record of what a step rejected (a continual batch): its
+    tags and JSON records (file name -> content). Returns the run's id."""
+    run = store.client.create_run(store.experiment_id, run_name=run_name, tags=redact_values(tags))
+    log_to_run(store, run.info.run_id, {}, records, [], REPORTS_DIR)
+    store.client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
 def finish_version(store: Store, version: RegisteredVersion, data_version: DataVersion, evaluation: EvaluationReport,
                    audit: AuditReport, promoted: Promotion) -> None:
     """The model card, then the decision tags: last, as they mark the version finished."""
