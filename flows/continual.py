@@ -98,7 +98,7 @@ def quarantine_task(config: Config, batch: batches.Batch, step: str, reason: str
     folder, record = batches.quarantine(config, batch, step, reason)
     record_rejection(connect(config), f"rejected-{batch.name}", batches.rejection_tags(batch, step),
                      {batches.REJECTION_RECORD: record})
-    get_run_logger().warning("batch %s rejected by its %s: moved to %s", batch.name, step, folder)
+    get_run_logger().warning("batch %s rejected at the %s step: moved to %s", batch.name, step, folder)
     return (f"Batch {batch.name!r} was moved to {folder} (why: {folder / batches.REJECTION_RECORD}); the next step "
             f"takes the next batch. To have it learned, fix it and move it back into "
             f"{config.path(config.continual.incoming)}.")
