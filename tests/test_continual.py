@@ -161,8 +161,8 @@ def test_a_batch_of_rows_already_in_the_pool_fails_the_audit_and_a_new_one_passe
     # the champion's own training rows, sent again as a batch: they would land in the batch's test split too
     train = read_split(split_paths(config).train).head(60)
     leaked = drop_batch(project, "leaked", train.rename(columns={TEXT: "sentence", LABEL: "label"}))
-    with pytest.raises(AuditFailed, match=r"(?s)pool_leakage \(sentence\): 60 row\(s\) \(100%\) also appear in the "
-                                          r"pool \(a split of the data or of an earlier batch\)"):
+    with pytest.raises(AuditFailed, match=r"pool_leakage \(sentence\): 60 row\(s\) \(100%\) also appear in an "
+                                          r"earlier split of the pool \(ignoring case and spacing\)"):
         batches.audit_batch(config, batches.incoming_batches(config)[0])
     leaked.unlink()
     # a batch already pooled (by a step killed before it finished) is not leakage of its own rows

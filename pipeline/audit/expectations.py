@@ -114,7 +114,7 @@ def leakage_specs(config: Config, table: pd.DataFrame, text: str) -> list[Spec]:
     continual batch audited against the pool's splits)."""
     checks = config.audit.checks
     found = {"leakage": (IN_TRAIN, checks.leakage, "the training file"),
-             "pool_leakage": (IN_POOL, checks.pool_leakage, "the pool (a split of the data or of an earlier batch)")}
+             "pool_leakage": (IN_POOL, checks.pool_leakage, "an earlier split of the pool")}
     return [Spec(name, check, text,
                  gx.expectations.ExpectColumnValuesToBeInSet(column=column, value_set=[False],
                                                              mostly=_mostly(check.max_share)),
