@@ -21,7 +21,8 @@ from pipeline.data.split import read_split, split_paths
 from pipeline.data.versioning import DataVersion, reproduce_splits
 from pipeline.evaluation.suites import EvaluationReport
 from pipeline.governance import lineage, promotion
-from pipeline.governance.registration import RunExtras
+from pipeline.errors import AuditFailed, DataError, DriftFailed
+from pipeline.governance.registration import RunExtras, record_rejection
 from pipeline.governance.store import connect
 from pipeline.governance.versions import RegisteredVersion, VersionRow, champion_row, download_model, list_versions
 from pipeline.tasks import evaluate_run
@@ -87,6 +88,20 @@ def audit_batch_task(config: Config, batch: batches.Batch) -> checks.AuditReport
     report = batches.audit_batch(config, batch)
     get_run_logger().info("audit of batch %s passed: %s", batch.name, report.summary)
     return report
+
+
+@task(name="quarantine-batch", cache_policy=NO_CACHE)
+def quarantine_task(config: Config, batch: batches.Batch, step: str, reason: str) -> str:
+    """The rejected batch out of continual.incoming into continual.quarantine_dir with why, and its record in the
+    tracking store (a run of its own): the next step takes the next batch instead of failing on this one again.
+    Returns what the step's error adds: where the batch went and how to have it learned."""
+    folder, record = batches.quarantine(config, batch, step, reason)
+    record_rejection(connect(config), f"rejected-{batch.name}", batches.rejection_tags(batch, step),
+                     {batches.REJECTION_RECORD: record})
+    get_run_logger().warning("batch %s rejected at the %s step: moved to %s", batch.name, step, folder)
+    return (f"Batch {batch.name!r} was moved to {folder} (why: {folder / batches.REJECTION_RECORD}); the next step "
+            f"takes the next batch. To have it learned, fix it and move it back into "
+            f"{config.path(config.continual.incoming)}.")
 
 
 @task(name="drift", cache_policy=NO_CACHE)
@@ -161,8 +176,12 @@ def continual_step(project_dir: str = ".", overrides: list[str] | None = None) -
     for candidate in candidates:
         training_config(candidate, champion)   # a warm start that cannot work stops here, before any work
     split_task(config)                         # the earlier pool's splits, from DVC, before the batch joins
-    report = audit_batch_task(config, batch)
-    drift_report = drift_task(config, batch, tasks)
+    try:
+        report = audit_batch_task(config, batch)
+        drift_report = drift_task(config, batch, tasks)
+    except (AuditFailed, DataError, DriftFailed) as rejected:   # DataError: a batch file the audit cannot read
+        step = "drift" if isinstance(rejected, DriftFailed) else "audit"
+        raise type(rejected)(f"{rejected}\n{quarantine_task(config, batch, step, str(rejected))}") from rejected
     data_version = pool_task(config, batch)
 
     evaluated = [batches.with_earlier_tasks(candidate, tasks) for candidate in candidates]

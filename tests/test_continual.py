@@ -4,6 +4,7 @@ Real MLflow, DVC, Great Expectations, Prefect and a real tiny training run; one 
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -21,6 +22,7 @@ from pipeline.governance import lineage
 from pipeline.governance.store import connect
 from pipeline.governance.versions import VersionRow, champion_version, list_versions
 from pipeline.config import load_config
+from pipeline.data.split import LABEL, TEXT, read_split, split_paths, write_splits
 from pipeline.errors import AuditFailed, DriftFailed
 from tests.conftest import REPO, assert_operator_log, free_port, healthy, make_project, wait_for
 
@@ -101,22 +103,35 @@ def test_a_used_batch_is_not_used_again(stepped):
     assert len(versions(project)) == 2
 
 
-def test_a_batch_failing_the_audit_stops_before_training(project):
+def rejections(project: Path) -> dict[str, dict[str, str]]:
+    """The tracking store's record of each rejected batch: its name -> its run's tags."""
+    store = connect(load_config(project))
+    runs = store.client.search_runs([store.experiment_id], f"tags.{batches.REJECTED_TAG} != ''")
+    return {run.data.tags[batches.BATCH_TAG]: run.data.tags for run in runs}
+
+
+def test_a_rejected_batch_is_quarantined_with_why_and_the_next_step_takes_the_next_batch(project):
     bad = electronics_rows(BATCH_ROWS)
     bad.iloc[0, bad.columns.get_loc("label")] = "7"
     drop_batch(project, "broken", bad)
-    with pytest.raises(AuditFailed, match="Audit of batch 'broken' failed"):
+    drop_batch(project, "electronics", electronics_rows(BATCH_ROWS, skip=BATCH_ROWS))
+    with pytest.raises(AuditFailed, match=r"(?s)Audit of batch 'broken' failed.*Batch 'broken' was moved to "
+                                          r".*data/quarantine/broken-\w{8} .*the next step takes the next batch"):
         continual_flow(str(project))
-    assert list(versions(project)) == ["1"]
-    assert not (project / "data/raw/batches/broken").exists()
-
-
-def test_a_batch_drifted_past_an_error_threshold_stops_before_training(project):
-    drop_batch(project, "electronics", electronics_rows(BATCH_ROWS))
-    with pytest.raises(DriftFailed, match="text_content"):
+    (quarantined,) = (project / "data/quarantine").iterdir()
+    assert sorted(p.name for p in quarantined.iterdir()) == ["broken.tsv", batches.REJECTION_RECORD]
+    record = json.loads((quarantined / batches.REJECTION_RECORD).read_text())
+    assert record["step"] == "audit" and "label_in_set" in record["reason"]
+    assert sorted(p.name for p in (project / "data/incoming").iterdir()) == ["electronics.tsv"]
+    assert rejections(project)["broken"][batches.REJECTED_TAG] == "audit"
+    # the next step takes the next batch; drifted past an error threshold, it is quarantined in turn
+    with pytest.raises(DriftFailed, match=r"(?s)Batch 'electronics' drifted.*text_content.*Batch 'electronics' was "
+                                          r"moved to"):
         continual_flow(str(project), ["continual.drift.text_content={severity: error, max_score: 0.8}"])
+    assert rejections(project)["electronics"][batches.REJECTED_TAG] == "drift"
+    assert "No new batch" in continual_flow(str(project)).message
     assert list(versions(project)) == ["1"]
-    assert not (project / "data/raw/batches/electronics").exists()
+    assert not (project / "data/raw/batches").exists()
 
 
 def test_two_candidates_train_on_dask_and_the_better_passing_one_is_promoted(project):
@@ -135,6 +150,28 @@ def test_two_candidates_train_on_dask_and_the_better_passing_one_is_promoted(pro
     assert champion_version(connect(load_config(project))).version == best.version
     rows = versions(project)
     assert {rows[c.version].tags[lineage.PARENT_TAG] for c in summary.candidates} == {"models:/tunegate-sst2/1"}
+
+
+# --- the batch's audit against the pool: every split of the data and of earlier batches (no training) -----------
+
+def test_a_batch_of_rows_already_in_the_pool_fails_the_audit_and_a_new_one_passes(tmp_path):
+    project = make_project(tmp_path / "project", parts=("sst2",), audit={"checks": {"rows_per_class": {"min_rows": 5}}})
+    config = load_config(project)
+    write_splits(config)
+    # the champion's own training rows, sent again as a batch: they would land in the batch's test split too
+    train = read_split(split_paths(config).train).head(60)
+    leaked = drop_batch(project, "leaked", train.rename(columns={TEXT: "sentence", LABEL: "label"}))
+    with pytest.raises(AuditFailed, match=r"pool_leakage \(sentence\): 60 row\(s\) \(100%\) also appear in an "
+                                          r"earlier split of the pool \(ignoring case and spacing\)"):
+        batches.audit_batch(config, batches.incoming_batches(config)[0])
+    leaked.unlink()
+    # a batch already pooled (by a step killed before it finished) is not leakage of its own rows
+    drop_batch(project, "electronics", electronics_rows(SMALL_BATCH_ROWS))
+    (new,) = batches.incoming_batches(config)
+    batches.add_to_pool(config, new)
+    write_splits(config)
+    report = batches.audit_batch(config, new)
+    assert [(c.check, c.status) for c in report.checks if c.check == "pool_leakage"] == [("pool_leakage", "passed")]
 
 
 # --- the cache of the retraining flow (on the shared champion project: nothing new may be registered) ----------

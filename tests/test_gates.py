@@ -65,6 +65,11 @@ def test_gated_metrics_are_the_task_metric_then_forgetting_then_gaps():
     assert gated_metrics(GOOD) == ["test_accuracy", "forgetting_stsb", "eec_gender_gap", "eec_race_gap"]
 
 
+def test_gated_metrics_leave_out_the_champions_numbers_a_promotion_logged_beside_them():
+    compared = {**GOOD, "champion_test_accuracy": 0.88, "champion_eec_gender_gap": 0.001, "task_forgetting_sst2": 0.0}
+    assert gated_metrics(compared) == ["test_accuracy", "forgetting_stsb", "eec_gender_gap", "eec_race_gap"]
+
+
 def test_each_gate_has_its_value_threshold_baseline_and_outcome_in_the_record():
     champion = {"test_accuracy": 0.88, "forgetting_stsb": 0.02, "eec_gender_gap": 0.001, "eec_race_gap": 0.004}
     tolerant = GatesConfig(min_accuracy=0.85, min_rouge_l=0.3, champion_tolerance=0.01, max_forgetting=0.05, max_bias_gap=0.02,

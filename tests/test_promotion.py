@@ -106,6 +106,19 @@ def test_same_data_version_reuses_the_champions_own_metrics(promoted):
     assert f"accuracy {measured['untrained']['test_accuracy']:.4f} < champion's" in third.decision.summary
     client = connect(config).client
     assert client.list_artifacts(versions[2].run_id, CHAMPION_REPORTS) == []
+    # version 2's run also holds the champion_* numbers it was compared with: as a baseline, only its own count
+    assert not [name for name in third.baseline.metrics if gates.logged_by_promotion(name)]
+    logged = client.get_run(versions[2].run_id).data.metrics
+    assert [name for name in logged if name.startswith("champion_champion_")] == []
+    assert logged["champion_test_accuracy"] == measured["trained"]["test_accuracy"]
+
+
+def test_models_lists_each_versions_own_gated_metrics(promoted, capsys):
+    config = promoted[0]
+    assert main(["--project-dir", str(config.project_dir), "models"]) == 0
+    header = capsys.readouterr().out.splitlines()[0].split()
+    assert {"test_accuracy", "forgetting_stsb", "eec_gender_gap", "eec_race_gap"} <= set(header)
+    assert [column for column in header if column.startswith("champion_")] == []
 
 
 def test_forgetting_and_bias_gates_fail_on_their_limits_with_the_remeasured_baseline(promoted):

@@ -1,10 +1,15 @@
+import json
+import subprocess
+import sys
+
 import pandas as pd
 import pytest
 
 from pipeline.config import load_config
 from pipeline.errors import DataError
 from pipeline.data.split import make_splits
-from tests.conftest import make_project
+from pipeline.data.versioning import SPLIT_STAGE
+from tests.conftest import REPO, make_project
 
 
 def test_split_is_deterministic_for_a_seed(tmp_path):
@@ -51,3 +56,16 @@ def test_a_label_outside_the_set_names_the_values_and_the_row(tmp_path):
     frame.to_csv(train, sep="\t", index=False)
     with pytest.raises(DataError, match=r"1 label\(s\) outside the label set \[0, 1\], e.g. \['positive'\] \(first at data row 4\)"):
         make_splits(load_config(project))
+
+
+def test_a_fresh_clone_has_the_split_stage_dvc_lock_records(tmp_path):
+    """The committed dvc.lock records the committed raw data, split code and params: a fresh clone's first run
+    reproduces the splits without rewriting it, so that run's lineage is not dirty. Only the splits themselves,
+    which DVC and not git keeps, are missing from a clone."""
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
+    status = subprocess.run([sys.executable, "-m", "dvc", "status", SPLIT_STAGE, "--json"], cwd=clone,
+                            capture_output=True, text=True, check=True).stdout
+    changes = json.loads(status).get(SPLIT_STAGE, [])
+    stale = [change for change in changes if not (isinstance(change, dict) and set(change) == {"changed outs"})]
+    assert stale == [], f"dvc.lock is stale: run `dvc repro {SPLIT_STAGE}` and commit dvc.lock ({stale})"

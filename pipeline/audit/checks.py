@@ -20,8 +20,8 @@ from great_expectations.data_context.types.base import ProgressBarsConfig
 from great_expectations.validator.exception_info import ExceptionInfo
 
 from pipeline.audit import slices
-from pipeline.audit.expectations import (IN_TRAIN, LABELS_PER_TEXT, PROMPT, TOKENS, Spec, class_specs, column_specs,
-                                         content_specs, instruction_specs, slice_specs)
+from pipeline.audit.expectations import (IN_POOL, IN_TRAIN, LABELS_PER_TEXT, PROMPT, TOKENS, Spec, class_specs,
+                                         column_specs, content_specs, instruction_specs, slice_specs)
 from pipeline.audit.report import AuditReport, CheckResult, FileAudit, write_report
 from pipeline.config import Config
 from pipeline.data.readers import MESSAGES, RESPONSE, read_instructions, read_table
@@ -87,13 +87,18 @@ def instruction_table(config: Config, frame: pd.DataFrame, tokenizer: PreTrained
     return table
 
 
+def is_in(table: pd.DataFrame, texts: set[str]) -> pd.Series:
+    """Is each row's normalised text one of these?"""
+    # As objects: pandas' hash table takes milliseconds, its Arrow-string isin a second per 67k texts.
+    return table[NORMALISED].astype(object).isin(texts)
+
+
 def mark_leaks(tables: dict[str, pd.DataFrame], train: str) -> None:
     """Add IN_TRAIN to every table but train's: is the row's normalised text one of train's?"""
     train_texts = set(tables[train][NORMALISED].dropna())
     for source, table in tables.items():
         if source != train and NORMALISED in table:
-            # As objects: pandas' hash table takes milliseconds, its Arrow-string isin a second per 67k texts.
-            table[IN_TRAIN] = table[NORMALISED].astype(object).isin(train_texts)
+            table[IN_TRAIN] = is_in(table, train_texts)
 
 
 def class_table(config: Config, labels: pd.Series) -> pd.DataFrame:
@@ -160,10 +165,12 @@ def audit_table(config: Config, tools: Tools, source: str, frame: pd.DataFrame, 
     return FileAudit(source, len(frame), checks, classes, slice_rows)
 
 
-def audit_files(config: Config, sources: list[str], train: str | None, name: str) -> AuditReport:
+def audit_files(config: Config, sources: list[str], train: str | None, name: str,
+                pool: set[str] | None = None) -> AuditReport:
     """Audit each file (paths relative to the project folder, or absolute) and write `<name>.json` and `.html`.
 
-    With `train`, the other files are also checked for texts that appear in it (leakage).
+    With `train`, the other files are also checked for texts that appear in it (leakage). With `pool` (texts
+    normalised as `normalise` does), every file is checked for texts already in it (pool leakage).
     """
     instructions = config.data.format == "instructions"
     frames = {source: (read_instructions if instructions else read_table)(config.path(source)) for source in sources}
@@ -174,6 +181,9 @@ def audit_files(config: Config, sources: list[str], train: str | None, name: str
               for source, frame in frames.items()}
     if train is not None and NORMALISED in tables[train]:
         mark_leaks(tables, train)
+    for table in tables.values():
+        if pool is not None and NORMALISED in table:
+            table[IN_POOL] = is_in(table, pool)
     files = [audit_table(config, tools, source, frames[source], tables[source]) for source in sources]
     return write_report(files, config.path(config.audit.report_dir), name)
 

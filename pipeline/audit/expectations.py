@@ -19,7 +19,7 @@ from pipeline.config import Check, Config
 from pipeline.data.readers import RESPONSE
 
 # Columns that pipeline.audit.checks derives in a file's row table for the expectations to read.
-TOKENS, LABELS_PER_TEXT, IN_TRAIN = "tokens", "labels_per_text", "in_train"
+TOKENS, LABELS_PER_TEXT, IN_TRAIN, IN_POOL = "tokens", "labels_per_text", "in_train", "in_pool"
 # An instruction's prompt as text: its conversation's turns but the system's (boilerplate shared by every row, which
 # would hide a blank or a leaked prompt), one per line.
 PROMPT = "prompt"
@@ -110,15 +110,17 @@ def text_specs(config: Config, table: pd.DataFrame, text: str) -> list[Spec]:
 
 
 def leakage_specs(config: Config, table: pd.DataFrame, text: str) -> list[Spec]:
-    """Leakage, when the table has IN_TRAIN (a file audited beside train)."""
-    if IN_TRAIN not in table:
-        return []
-    leakage = config.audit.checks.leakage
-    return [Spec("leakage", leakage, text,
-                 gx.expectations.ExpectColumnValuesToBeInSet(column=IN_TRAIN, value_set=[False],
-                                                             mostly=_mostly(leakage.max_share)),
-                 f"<= {leakage.max_share:g} of rows", observe=_share,
-                 describe=_found("also appear in the training file (ignoring case and spacing)", _value(table, text)))]
+    """Leakage, when the table has IN_TRAIN (a file audited beside train); pool leakage, when it has IN_POOL (a
+    continual batch audited against the pool's splits)."""
+    checks = config.audit.checks
+    found = {"leakage": (IN_TRAIN, checks.leakage, "the training file"),
+             "pool_leakage": (IN_POOL, checks.pool_leakage, "an earlier split of the pool")}
+    return [Spec(name, check, text,
+                 gx.expectations.ExpectColumnValuesToBeInSet(column=column, value_set=[False],
+                                                             mostly=_mostly(check.max_share)),
+                 f"<= {check.max_share:g} of rows", observe=_share,
+                 describe=_found(f"also appear in {where} (ignoring case and spacing)", _value(table, text)))
+            for name, (column, check, where) in found.items() if column in table]
 
 
 def not_blank_spec(config: Config, table: pd.DataFrame, column: str) -> Spec:

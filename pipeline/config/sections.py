@@ -115,6 +115,7 @@ class AuditChecks(Section):
     class_balance: MinShareCheck
     rows_per_class: MinRowsCheck
     leakage: MaxShareCheck
+    pool_leakage: MaxShareCheck     # a continual batch's rows whose text is in the pool's splits already
 
 
 class BiasConfig(Section):
@@ -350,6 +351,7 @@ Override = Annotated[str, Field(pattern=r"^[^=]+=")]   # section.key=value
 class ContinualConfig(Section):
     incoming: str
     pool_dir: str
+    quarantine_dir: str                 # batches the audit or drift checks rejected, each with why
     initial_task: str                   # name of the data section's task among the earlier tasks
     replay_share: Annotated[Number, Field(ge=0, lt=1)]
     drift: DriftConfig

@@ -9,26 +9,33 @@ with its model card) uses its batch: a step killed before that leaves the batch 
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from pipeline.audit.checks import AuditReport, audit_files
+from pipeline.audit.checks import AuditReport, audit_files, normalise
 from pipeline.config import Config, EarlierTask
 from pipeline.data.readers import READERS
 from pipeline.data import drift
 from pipeline.errors import AuditFailed, ConfigError, DataError, DriftFailed
 from pipeline.governance.versions import VersionRow
-from pipeline.data.split import LABEL, TEXT, SplitPaths, batch_files, read_batch, read_split, split_paths
+from pipeline.data.split import (LABEL, TEXT, SplitPaths, batch_files, pool_batches, read_batch, read_split,
+                                 split_paths)
 
 # Lineage tags of a version trained by a continual step (parent_model and data_version are shared with
 # the warm start of `model.base: models:/...`).
 BATCH_TAG = "continual_batch"
 BATCH_MD5_TAG = "continual_batch_md5"
 TASKS_TAG = "continual_tasks"     # every task the version was trained on, oldest first, comma-separated
+# A rejected batch: the step that rejected it (audit, drift), a tag of its record's run in the tracking store; the
+# record itself, also beside the batch in continual.quarantine_dir.
+REJECTED_TAG = "continual_rejected"
+REJECTION_RECORD = "rejection.json"
 
 
 @dataclass(frozen=True)
@@ -95,14 +102,44 @@ def add_to_pool(config: Config, batch: Batch) -> Path:
     return target
 
 
+def pool_texts(config: Config, batch: Batch) -> set[str]:
+    """The texts already in the pool, normalised as the audit compares them: every split of the data section and of
+    each earlier batch (the batch's own, pooled by a step killed before it finished, left out)."""
+    earlier = [None, *(name for name in pool_batches(config) if name != batch.name)]
+    splits = [split_paths(config, name) for name in earlier]
+    texts = pd.concat([read_split(path)[TEXT] for paths in splits for path in (paths.train, paths.validation,
+                                                                                paths.test)])
+    return set(normalise(texts).dropna())
+
+
+def quarantine(config: Config, batch: Batch, step: str, reason: str) -> tuple[Path, dict[str, str]]:
+    """Move a batch the audit or drift checks rejected out of continual.incoming, so the next step takes the next
+    batch, into continual.quarantine_dir/<name>-<md5 prefix>/ beside its record (REJECTION_RECORD): which step
+    rejected it, why, when. Returns the folder and the record."""
+    target = config.path(config.continual.quarantine_dir) / f"{batch.name}-{batch.md5[:8]}"
+    if target.exists():    # the same content (same md5), rejected before and dropped in again
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    shutil.move(batch.path, target / batch.path.name)
+    record = {"batch": batch.name, "md5": batch.md5, "step": step, "reason": reason,
+              "quarantined": str(target / batch.path.name), "time": datetime.now(timezone.utc).isoformat()}
+    (target / REJECTION_RECORD).write_text(json.dumps(record, indent=2), encoding="utf-8")
+    return target, record
+
+
+def rejection_tags(batch: Batch, step: str) -> dict[str, str]:
+    return {BATCH_TAG: batch.name, BATCH_MD5_TAG: batch.md5, REJECTED_TAG: step}
+
+
 def audit_batch(config: Config, batch: Batch) -> AuditReport:
-    """The audit every run makes (quality and bias), on the batch's files; raise AuditFailed on an error."""
+    """The audit every run makes (quality and bias), on the batch's files, with the texts already in the pool (pool
+    leakage); raise AuditFailed on an error."""
     files = [batch.path] if batch.path.is_file() else batch_files(batch.path)
-    report = audit_files(config, [str(path) for path in files], None, f"audit-{batch.name}")
+    report = audit_files(config, [str(path) for path in files], None, f"audit-{batch.name}", pool_texts(config, batch))
     if not report.passed:
         errors = "\n".join(f"  {check}" for check in report.errors)
         raise AuditFailed(f"Audit of batch {batch.name!r} failed, nothing was trained or registered "
-                          f"({report.summary}):\n{errors}\nFix or remove {batch.path}. Full report: {report.html_path}")
+                          f"({report.summary}):\n{errors}\nFull report: {report.html_path}")
     return report
 
 
@@ -116,8 +153,8 @@ def check_drift(config: Config, batch: Batch, tasks: list[str]) -> drift.DriftRe
     if report.errors:
         errors = "\n".join(f"  {check}" for check in report.errors)
         raise DriftFailed(f"Batch {batch.name!r} drifted from the champion's training data past an error threshold; "
-                          f"nothing was trained or registered:\n{errors}\nRaise the threshold or set its severity to "
-                          f"warning under continual.drift, or remove {batch.path}. Report: {report.path}")
+                          f"nothing was trained or registered:\n{errors}\nTo learn it anyway, raise the threshold or "
+                          f"set its severity to warning under continual.drift. Report: {report.path}")
     return report
 
 

@@ -43,8 +43,9 @@ def candidate_metrics(metrics: dict[str, float]) -> dict[str, float]:
 
 
 def gated_metrics(names: Iterable[str]) -> list[str]:
-    """Of these metric names, those a gate reads: the task metric, then forgetting, then bias gaps."""
-    names = sorted(set(names))
+    """Of these metric names, those a gate reads: the task metric, then forgetting, then bias gaps. A version's own:
+    the champion's numbers a promotion logged beside them (champion_eec_gender_gap) are not gated again."""
+    names = sorted(name for name in set(names) if not logged_by_promotion(name))
     task = [name for name in TASK_METRICS if name in names]
     return (task + [n for n in names if n.startswith(FORGETTING_PREFIX)]
             + [n for n in names if n.endswith(BIAS_GAP_SUFFIX)])

@@ -14,7 +14,7 @@ import mlflow
 import yaml
 
 from pipeline.data.split import read_split, split_paths
-from pipeline.governance import gates, lineage
+from pipeline.governance import lineage
 from pipeline.governance.serving import MODEL_ARTIFACT, SERVING_REQUIREMENTS
 from pipeline.governance.store import Store
 from pipeline.governance.versions import (DECISION_TAG, MODEL_CARD_ARTIFACT, REASON_TAG, REPORTS_DIR,
@@ -77,8 +77,7 @@ def unfinished_version(store: Store, code: lineage.GitState, data_version: DataV
     same = version_of_run(store, code, data_version)
     if same is None or same.finished:
         return None
-    found = find_version(store, same.uri)
-    return dataclasses.replace(found, metrics=gates.candidate_metrics(found.metrics))
+    return find_version(store, same.uri)
 
 
 def register_run(store: Store, code: lineage.GitState, data_version: DataVersion, trained: TrainResult,
@@ -214,6 +213,15 @@ def log_to_run(store: Store, run_id: str, metrics: dict[str, float], records: di
         store.client.log_dict(run_id, record, file_name)
     for artifact in artifacts:
         store.client.log_artifact(run_id, str(artifact), artifact_path=artifact_path)
+
+
+def record_rejection(store: Store, run_name: str, tags: dict[str, str], records: dict[str, dict]) -> str:
+    """A run that registers no model, the tracking store's record of what a step rejected (a continual batch): its
+    tags and JSON records (file name -> content). Returns the run's id."""
+    run = store.client.create_run(store.experiment_id, run_name=run_name, tags=redact_values(tags))
+    log_to_run(store, run.info.run_id, {}, records, [], REPORTS_DIR)
+    store.client.set_terminated(run.info.run_id)
+    return run.info.run_id
 
 
 def finish_version(store: Store, version: RegisteredVersion, data_version: DataVersion, evaluation: EvaluationReport,

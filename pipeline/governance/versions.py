@@ -11,7 +11,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 
 from pipeline.errors import ModelError
-from pipeline.governance import lineage
+from pipeline.governance import gates, lineage
 from pipeline.governance.serving import MODEL_ARTIFACT
 from pipeline.governance.store import Store
 
@@ -29,7 +29,7 @@ class RegisteredVersion:
     name: str
     version: str
     run_id: str
-    metrics: dict[str, float]
+    metrics: dict[str, float]     # its own, without what a promotion logged beside them (gates.candidate_metrics)
     tags: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -61,8 +61,11 @@ def report_artifact(path: Path) -> str:
 
 
 def _registered(store: Store, version) -> RegisteredVersion:
+    # A champion that was once a candidate carries the champion_* numbers it was compared with: as a baseline, its
+    # own are compared and logged (champion_test_accuracy), not those (champion_champion_test_accuracy).
     metrics = store.client.get_run(version.run_id).data.metrics if version.run_id else {}
-    return RegisteredVersion(version.name, str(version.version), version.run_id, metrics, dict(version.tags))
+    return RegisteredVersion(version.name, str(version.version), version.run_id, gates.candidate_metrics(metrics),
+                             dict(version.tags))
 
 
 def champion_version(store: Store) -> RegisteredVersion | None:
