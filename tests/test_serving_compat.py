@@ -39,7 +39,15 @@ def test_a_version_logged_before_the_restructure_loads_and_predicts_as_one_logge
                              check=True).stdout
     tarfile.open(fileobj=io.BytesIO(archive)).extractall(old_code, filter="data")
     project = make_project(tmp_path / "project", parts=())   # params.yaml: a registration needs no data
-    logged = subprocess.run([sys.executable, "-c", REGISTER_WITH_OLD_CODE, str(project), str(tiny_models["trained"]),
+    # the old code reads the params.yaml of its own day (today's has keys it refuses), on the same tracking store
+    old_project = tmp_path / "old-project"
+    old_project.mkdir()
+    (old_project / "params.yaml").write_bytes(subprocess.run(
+        ["git", "show", f"{BEFORE_RESTRUCTURE}:params.yaml"], cwd=REPO, capture_output=True, check=True).stdout)
+    (project / "mlflow").mkdir(exist_ok=True)
+    (old_project / "mlflow").symlink_to(project / "mlflow")
+    logged = subprocess.run([sys.executable, "-c", REGISTER_WITH_OLD_CODE, str(old_project),
+                             str(tiny_models["trained"]),
                              str(old_code)], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(old_code)},
                             capture_output=True, text=True)
     assert logged.returncode == 0, logged.stderr[-3000:]
