@@ -109,7 +109,10 @@ def register_candidate(store: Store, candidate: Candidate) -> RegisteredVersion:
     task = task_type(config)
     serving = task.serving(config)
     candidate = dataclasses.replace(candidate, params=redact_values(candidate.params), tags=redact_values(candidate.tags))
-    tags = {**candidate.tags, **lineage.as_tags(candidate.lineage)}
+    # what promotion checks the version's files against: an alias never moves to weights that are gone or changed
+    weights = {lineage.WEIGHTS: lineage.weight_files(candidate.model_dir)}
+    record = {**candidate.lineage, **weights} if candidate.lineage else {}
+    tags = {**candidate.tags, **lineage.as_tags(record or weights)}
     with _logging_to(store), mlflow.start_run(experiment_id=store.experiment_id,
                                               run_name=f"{config.train.method}-{candidate.tags.get('params_hash', '')}") as run:
         mlflow.log_params(flatten(candidate.params))
@@ -117,8 +120,8 @@ def register_candidate(store: Store, candidate: Candidate) -> RegisteredVersion:
         mlflow.set_tags(tags)
         for artifact in candidate.artifacts:
             mlflow.log_artifact(str(artifact), artifact_path=REPORTS_DIR)
-        if candidate.lineage:
-            mlflow.log_dict(candidate.lineage, lineage.RECORD_ARTIFACT)
+        if record:
+            mlflow.log_dict(record, lineage.RECORD_ARTIFACT)
         for path, text in candidate.lineage_texts.items():
             mlflow.log_text(text, path)
         with _pyfunc_notices_filtered():
@@ -157,8 +160,8 @@ def _logging_to(store: Store) -> Iterator[None]:
 
 
 class _PyfuncNoticeFilter(logging.Filter):
-    # tunegate's own model class is pickled (a user's files never are); a classifier's signature comes from its example
-    NOTICES = ("serialized using CloudPickle", "Inferring model signature")
+    # tunegate's own model class is pickled (a user's files never are)
+    NOTICES = ("serialized using CloudPickle",)
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not any(notice in record.getMessage() for notice in self.NOTICES)

@@ -155,6 +155,23 @@ def download_model(store: Store, model_uri: str) -> Path:
     return registered_model_dir(store, model_uri) / "artifacts" / MODEL_ARTIFACT
 
 
+def check_weights(store: Store, version: RegisteredVersion) -> None:
+    """The version's weight files are those registration recorded (size, then sha256; a version registered before
+    tunegate recorded them: that it has safetensors weights at all), so that it loads where an alias sends it."""
+    recorded = lineage.recorded_weights(version.tags)
+    weights_dir = download_model(store, version.uri)
+    found = lineage.weight_files(weights_dir) if weights_dir.is_dir() else {}
+    wrong = [f"{name} is missing" for name in recorded if name not in found]
+    wrong += [f"{name} is {found[name]['size']} bytes, sha256 {found[name]['sha256'][:12]}..., registered as "
+              f"{expected['size']} bytes, sha256 {expected['sha256'][:12]}..." for name, expected in recorded.items()
+              if name in found and {key: str(value) for key, value in found[name].items()} != expected]
+    if not recorded and not found:
+        wrong.append(f"it has no weights ({lineage.WEIGHT_FILES})")
+    if wrong:
+        raise ModelError(f"{version.uri} cannot be loaded: in {weights_dir}, {'; '.join(wrong)}. Nothing was "
+                         f"moved: pick another version (`tunegate models`), or retrain to register this one again.")
+
+
 def read_lineage(store: Store, model_uri: str) -> tuple[str, dict[str, Any]]:
     """A version's URI with its number, and its lineage record."""
     version = find_version(store, model_uri)
