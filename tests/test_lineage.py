@@ -156,7 +156,8 @@ def test_model_card_is_the_version_description_and_says_what_a_reviewer_needs(li
 
 def test_warm_start_card_names_the_parent(lineage_project):
     project, _, _ = lineage_project
-    card = ModelCard(connect(load_config(project)).client.get_model_version(NAME, "2").description)
+    store = connect(load_config(project))
+    card = ModelCard(store.read_text(store.client.get_model_version(NAME, "2").run_id, MODEL_CARD_ARTIFACT))
     assert card.data.base_model == f"models:/{NAME}/1"
     assert f"Warm start from the registered version `models:/{NAME}/1`" in card.text
 

@@ -32,6 +32,9 @@ if TYPE_CHECKING:   # torch and transformers load with these; reading the regist
 PIPELINE_PACKAGE = Path(__file__).parents[1]   # logged with each model: its pyfunc imports pipeline
 # MLflow's SQL stores hold a version's description in a varchar(5000) (sqlite does not enforce it; PostgreSQL does)
 DESCRIPTION_LIMIT = 5000
+# Where a model card's description ends: what a reviewer decides on comes before it (the decision, metrics,
+# forgetting, bias gaps first), the long tables after it stay in the card's artifact. Markdown shows no comment.
+DESCRIPTION_END = "<!-- the registry's description of the version ends here -->"
 
 
 @dataclass(frozen=True)
@@ -253,11 +256,14 @@ def set_decision_tags(store: Store, version: RegisteredVersion, alias: str, reas
 
 
 def card_description(card: str) -> str:
-    """The card as a version's description: whole where it fits, else its head and where the whole card is."""
-    if len(card) <= DESCRIPTION_LIMIT:
-        return card
-    pointer = f"\n\n… (cut to fit the registry; the whole card is the run's artifact {MODEL_CARD_ARTIFACT})\n"
-    return card[:DESCRIPTION_LIMIT - len(pointer)] + pointer
+    """The card as a version's description, what the MLflow UI shows: its sections up to DESCRIPTION_END (not its
+    YAML metadata, for the Hugging Face Hub, which the UI would show first as a list) and where the whole card is;
+    cut to DESCRIPTION_LIMIT where even that is longer."""
+    from huggingface_hub import ModelCard
+
+    head = ModelCard(card, ignore_metadata_errors=True).text.partition(DESCRIPTION_END)[0].strip()
+    pointer = f"\n\n… (the whole card, with the identity slices of the data, is the run's artifact {MODEL_CARD_ARTIFACT})\n"
+    return (head if len(head) + len(pointer) <= DESCRIPTION_LIMIT else head[:DESCRIPTION_LIMIT - len(pointer)]) + pointer
 
 
 def attach_model_card(store: Store, version: RegisteredVersion, card: str) -> None:
