@@ -200,7 +200,7 @@ def test_a_version_records_the_size_and_sha256_of_its_weights(promoted, tiny_mod
     (["rollback", "--reason", " "], "needs --reason"),
     (["promote", f"models:/{MODEL}/4", "--reason", "x"], "its model files are gone"),
     (["promote", f"models:/{MODEL}/5", "--reason", "x"], "model.safetensors is missing. Nothing was moved"),
-    (["promote", f"models:/{MODEL}/6", "--reason", "x"], ", registered as "),
+    (["promote", f"models:/{MODEL}/6", "--reason", "x"], "bytes), registered "),
 ])
 def test_bad_input_is_one_line_a_non_zero_exit_and_nothing_moved(promoted, tiny_models, capsys, argv, message):
     config = promoted[0]
