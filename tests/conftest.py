@@ -316,14 +316,15 @@ MLFLOW_SERVER_START_S = 180    # a fresh database is migrated first
 
 @contextmanager
 def mlflow_server(database: str, workdir: Path) -> Iterator[str]:
-    """An MLflow tracking server on a database of the PostgreSQL server, on a free loopback port, its artifacts in
-    workdir/artifacts (a path its clients on this machine write to directly) and its log in workdir/server.log;
-    yields its URL and stops it afterwards."""
+    """An MLflow tracking server on a database of the PostgreSQL server (or on a store's URI, sqlite:///...), on a
+    free loopback port, its artifacts in workdir/artifacts (a path its clients on this machine write to directly)
+    and its log in workdir/server.log; yields its URL and stops it afterwards."""
     port = free_port()
     log = workdir / "server.log"
+    backend = database if "://" in database else f"{POSTGRES}/{database}"
     with log.open("w") as output:
         server = subprocess.Popen(
-            [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", f"{POSTGRES}/{database}",
+            [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", backend,
              "--default-artifact-root", str(workdir / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
              "--workers", "1"],
             stdout=output, stderr=subprocess.STDOUT, start_new_session=True)

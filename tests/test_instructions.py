@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from mlflow.exceptions import MlflowException
 
 from flows.cli import main
 from pipeline.governance import model_card
@@ -208,6 +210,15 @@ def test_the_registered_pyfunc_answers_chats_and_prompts(tiny_dir, tmp_path):
     assert answers["response"].tolist() == expected
     prompted = served.predict(pd.DataFrame({"prompt": ["Rewrite: a cat sat."]}))
     assert prompted["response"].tolist() == expected[:1]
+    # what it cannot answer is an error that names the problem (the scoring server's 400)
+    for request, says in [({"prompt": [""]}, "Input row 1: its 'prompt' is an empty text."),
+                          ({"prompt": ["Rewrite: it rains.", None]}, "Input row 2 has neither a 'prompt'"),
+                          ({"messages": [[{"role": "user", "content": " "}]]}, "turn 1's content is an empty text"),
+                          ({"messages": [[]]}, "its 'messages' is an empty chat"),
+                          ({"review": ["Rewrite: a cat sat."]}, "Expected a column 'prompt' (texts) or 'messages'")]:
+        with pytest.raises(MlflowException, match=re.escape(says)) as refused:
+            served.predict(pd.DataFrame(request))
+        assert refused.value.error_code == "INVALID_PARAMETER_VALUE"
 
 
 # --- model card ---------------------------------------------------------------------------------------------------

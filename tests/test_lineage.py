@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -155,7 +156,8 @@ def test_model_card_is_the_version_description_and_says_what_a_reviewer_needs(li
 
 def test_warm_start_card_names_the_parent(lineage_project):
     project, _, _ = lineage_project
-    card = ModelCard(connect(load_config(project)).client.get_model_version(NAME, "2").description)
+    store = connect(load_config(project))
+    card = ModelCard(store.read_text(store.client.get_model_version(NAME, "2").run_id, MODEL_CARD_ARTIFACT))
     assert card.data.base_model == f"models:/{NAME}/1"
     assert f"Warm start from the registered version `models:/{NAME}/1`" in card.text
 
@@ -187,7 +189,25 @@ def test_reproduce_rebuilds_a_version_with_equal_metrics(lineage_project, capsys
     assert not (project / "outputs/reproduce" / f"{NAME}-1").exists()   # the scratch checkout is gone
 
 
-def test_champion_answers_over_http_as_pyfunc_predicts(lineage_project):
+# Requests the classifier cannot score, and what its 400 answer says of each.
+BAD_REQUESTS = [({"inputs": [None]}, "row 1 is null, not a text"),
+                ({"inputs": ["a fine film", 42]}, "row 2 is int 42, not a text"),
+                ({"inputs": [{"a": 1}]}, "got the columns ['a']"),
+                ({"inputs": ["", "  "]}, "row 1 is an empty text; row 2 is an empty text"),
+                ({"dataframe_split": {"columns": ["review"], "data": [["a fine film"]]}}, "got the columns ['review']")]
+
+
+def _post(port: int, body: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_champion_answers_over_http_as_pyfunc_predicts_and_refuses_what_is_not_text(lineage_project):
     project, _, _ = lineage_project
     config = load_config(project)
     port = free_port()
@@ -199,23 +219,24 @@ def test_champion_answers_over_http_as_pyfunc_predicts(lineage_project):
                                "local", "-h", "127.0.0.1", "-p", str(port)], env=env, cwd=project,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations",
-                                         data=json.dumps({"inputs": texts}).encode(),
-                                         headers={"Content-Type": "application/json"})
         deadline = time.monotonic() + 120
         while True:
             try:
-                with urllib.request.urlopen(request, timeout=30) as response:
-                    answer = json.loads(response.read())
+                status, answer = _post(port, {"inputs": texts})
                 break
             except OSError:
                 assert server.poll() is None, server.stderr.read().decode()[-2000:]
                 assert time.monotonic() < deadline, "the server did not answer within 120 s"
                 time.sleep(1)
+        refused = [(body, *_post(port, body)) for body, _ in BAD_REQUESTS]
     finally:
         server.terminate()
         server.wait(timeout=30)
+    assert status == 200
     expected = load_registered(config, f"models:/{NAME}@champion").predict(texts)
     served = pd.DataFrame(answer["predictions"])
     assert list(served["label"]) == list(expected["label"])
     assert served["score"].tolist() == pytest.approx(expected["score"].tolist(), abs=1e-6)
+    for (body, status, error), (_, says) in zip(refused, BAD_REQUESTS):
+        assert (status, error["error_code"]) == (400, "INVALID_PARAMETER_VALUE"), body
+        assert says in error["message"], (body, error["message"])

@@ -2,6 +2,7 @@
 history in the tracking store and the promotion lock: a real MLflow store, real models, real evaluations."""
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import socket
@@ -13,7 +14,7 @@ from urllib.parse import urlparse
 import pytest
 
 from flows.cli import main
-from pipeline.governance import gates
+from pipeline.governance import gates, lineage
 from pipeline.governance.aliases import LOCK_SUFFIX, alias_history, promotion_lock
 from pipeline.governance.registration import Candidate, register_candidate
 from pipeline.governance.store import connect
@@ -158,10 +159,37 @@ def test_override_and_rollbacks_move_the_champion_and_the_history_says_who_and_w
     assert printed[4].split()[3:7] == ["2", "3", "alice", "hotfix:"]
 
 
-def _artifacts_gone(config, version: str) -> None:
+def _model_files(config, version: str) -> Path:
     client = connect(config).client
     model_id = client.get_model_version(MODEL, version).source.removeprefix("models:/")
-    shutil.rmtree(urlparse(client.get_logged_model(model_id).artifact_location).path)
+    return Path(urlparse(client.get_logged_model(model_id).artifact_location).path)
+
+
+def _artifacts_gone(config, version: str) -> None:
+    shutil.rmtree(_model_files(config, version))
+
+
+def _weights_gone(config, version: str) -> None:
+    (_model_files(config, version) / "artifacts/model/model.safetensors").unlink()
+
+
+def _weights_changed(config, version: str) -> None:
+    """One byte of the weights flipped: the same size, another sha256."""
+    weights = _model_files(config, version) / "artifacts/model/model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+
+
+DAMAGE = {"4": _artifacts_gone, "5": _weights_gone, "6": _weights_changed}   # versions registered by the test below
+
+
+def test_a_version_records_the_size_and_sha256_of_its_weights(promoted, tiny_models):
+    config, _, versions, _ = promoted
+    weights = tiny_models["trained"] / "model.safetensors"
+    tags = connect(config).client.get_model_version(MODEL, versions[1].version).tags
+    assert lineage.recorded_weights(tags) == {"model.safetensors": {
+        "size": str(weights.stat().st_size), "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}}
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -171,12 +199,15 @@ def _artifacts_gone(config, version: str) -> None:
     (["promote", f"models:/{MODEL}/2"], "needs --reason"),
     (["rollback", "--reason", " "], "needs --reason"),
     (["promote", f"models:/{MODEL}/4", "--reason", "x"], "its model files are gone"),
+    (["promote", f"models:/{MODEL}/5", "--reason", "x"], "model.safetensors is missing. Nothing was moved"),
+    (["promote", f"models:/{MODEL}/6", "--reason", "x"], "bytes), registered "),
 ])
 def test_bad_input_is_one_line_a_non_zero_exit_and_nothing_moved(promoted, tiny_models, capsys, argv, message):
     config = promoted[0]
-    if "/4" in argv[1]:
+    damage = DAMAGE.get(argv[1].rpartition("/")[2])
+    if damage:
         register(config, tiny_models["untrained"], {"test_accuracy": 0.5}, "new")
-        _artifacts_gone(config, "4")
+        damage(config, argv[1].rpartition("/")[2])
         capsys.readouterr()   # the registration's own output
     before = (champion_version(connect(config)).version, len(alias_history(connect(config))))
     assert main(["--project-dir", str(config.project_dir), *argv]) == 1

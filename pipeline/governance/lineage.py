@@ -9,6 +9,7 @@ checkout's state for the record, and the worktree of a recorded commit that `tun
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import platform
 import shutil
@@ -33,6 +34,11 @@ PARENT_TAG = "parent_model"   # a warm start's parent version, models:/NAME/VERS
 RECORD_ARTIFACT = f"{LINEAGE_DIR}/lineage.json"
 PARAMS_ARTIFACT = f"{LINEAGE_DIR}/params.yaml"
 DVC_LOCK_ARTIFACT = f"{LINEAGE_DIR}/dvc.lock"
+# The registered version's own weights: each safetensors file's size and sha256, in the record and as
+# lineage.weights.<file>.<size|sha256> tags on the version, which promotion checks before an alias moves to it.
+WEIGHTS = "weights"
+WEIGHTS_TAG_PREFIX = f"{TAG_PREFIX}{WEIGHTS}."
+WEIGHT_FILES = "*.safetensors"   # the only weights tunegate reads: safetensors hold tensors, not code
 
 
 @dataclass(frozen=True)
@@ -99,6 +105,25 @@ def starting_weights(config: Config, parent: str | None) -> dict[str, str]:
 
     return {"base_model": config.model.base,
             "weights_sha256": weights_sha256(base_model_dir(config))}
+
+
+def weight_files(model_dir: Path) -> dict[str, dict[str, Any]]:
+    """Each safetensors file of a model directory (by name) with its size in bytes and its sha256."""
+    files = {}
+    for path in sorted(Path(model_dir).glob(WEIGHT_FILES)):
+        with path.open("rb") as f:
+            files[path.name] = {"size": path.stat().st_size, "sha256": hashlib.file_digest(f, "sha256").hexdigest()}
+    return files
+
+
+def recorded_weights(tags: dict[str, str]) -> dict[str, dict[str, str]]:
+    """The weight files a version's lineage.weights.* tags record, by name: {"size": ..., "sha256": ...}."""
+    files: dict[str, dict[str, str]] = {}
+    for key, value in tags.items():
+        if key.startswith(WEIGHTS_TAG_PREFIX):
+            name, attribute = key.removeprefix(WEIGHTS_TAG_PREFIX).rsplit(".", 1)
+            files.setdefault(name, {})[attribute] = value
+    return files
 
 
 def build_record(config: Config, git: GitState, data_version: DataVersion, precision: str, parent: str | None,

@@ -11,6 +11,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from pipeline.config import Config
 from pipeline.governance.gates import BIAS_GAP_SUFFIX
+from pipeline.governance.registration import DESCRIPTION_END
 from pipeline.tasks import task_type
 
 TEMPLATE = Path(__file__).parent / "resources" / "model_card.md.j2"
@@ -88,7 +89,7 @@ def build_card(config: Config, inputs: CardInputs) -> ModelCard:
         slices=_slices(inputs.audit),
         gaps={name: value for name, value in sorted(metrics.items())
               if name.endswith((BIAS_GAP_SUFFIX, GROUP_GAP_SUFFIX))},
-        decision=inputs.decision, limitations=_limitations(inputs.audit))
+        decision=inputs.decision, limitations=_limitations(inputs.audit), description_end=DESCRIPTION_END)
 
 
 def _hyperparameters(config: Config) -> dict[str, Any]:

@@ -16,8 +16,8 @@ from pipeline.governance import gates
 from pipeline.governance.aliases import AliasMove, PromotionLock, alias_history, move_alias, promotion_lock
 from pipeline.governance.registration import log_to_run
 from pipeline.governance.store import Store, connect
-from pipeline.governance.versions import (CHALLENGER, CHAMPION, RegisteredVersion, champion_version, download_model,
-                                          find_version, read_run_text, run_metrics)
+from pipeline.governance.versions import (CHALLENGER, CHAMPION, RegisteredVersion, champion_version, check_weights,
+                                          download_model, find_version, read_run_text, run_metrics)
 
 FLOW_DECISION, OVERRIDE, ROLLBACK = "flow decision", "override", "rollback"
 DECISION_RECORD = "decision.json"     # in the candidate's run
@@ -148,10 +148,11 @@ def _require_reason(reason: str | None, command: str) -> str:
 
 
 def override(config: Config, model_uri: str, reason: str | None, by: str) -> AliasMove:
-    """Make a version champion whatever the gates said of it."""
+    """Make a version champion whatever the gates said of it, where its weights are those registered."""
     reason = _require_reason(reason, "promote")
     store = connect(config)
     version = find_version(store, model_uri)
+    check_weights(store, version)
     with promotion_lock(store, by) as lock:
         current = champion_version(store)
         if current is not None and current.version == version.version:
@@ -185,4 +186,5 @@ def rollback(config: Config, reason: str | None, by: str) -> AliasMove:
             raise PromotionError(f"Version {current.version} is the first champion of {config.registry.model_name} "
                                  f"in the alias history: there is no earlier champion to roll back to.")
         version = find_version(store, f"models:/{config.registry.model_name}/{target}")
+        check_weights(store, version)
         return move_alias(store, lock, CHAMPION, version, ROLLBACK, by, reason)

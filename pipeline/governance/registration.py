@@ -32,6 +32,9 @@ if TYPE_CHECKING:   # torch and transformers load with these; reading the regist
 PIPELINE_PACKAGE = Path(__file__).parents[1]   # logged with each model: its pyfunc imports pipeline
 # MLflow's SQL stores hold a version's description in a varchar(5000) (sqlite does not enforce it; PostgreSQL does)
 DESCRIPTION_LIMIT = 5000
+# Where a model card's description ends: what a reviewer decides on comes before it (the decision, metrics,
+# forgetting, bias gaps first), the long tables after it stay in the card's artifact. Markdown shows no comment.
+DESCRIPTION_END = "<!-- the registry's description of the version ends here -->"
 
 
 @dataclass(frozen=True)
@@ -109,7 +112,10 @@ def register_candidate(store: Store, candidate: Candidate) -> RegisteredVersion:
     task = task_type(config)
     serving = task.serving(config)
     candidate = dataclasses.replace(candidate, params=redact_values(candidate.params), tags=redact_values(candidate.tags))
-    tags = {**candidate.tags, **lineage.as_tags(candidate.lineage)}
+    # what promotion checks the version's files against: an alias never moves to weights that are gone or changed
+    weights = {lineage.WEIGHTS: lineage.weight_files(candidate.model_dir)}
+    record = {**candidate.lineage, **weights} if candidate.lineage else {}
+    tags = {**candidate.tags, **lineage.as_tags(record or weights)}
     with _logging_to(store), mlflow.start_run(experiment_id=store.experiment_id,
                                               run_name=f"{config.train.method}-{candidate.tags.get('params_hash', '')}") as run:
         mlflow.log_params(flatten(candidate.params))
@@ -117,8 +123,8 @@ def register_candidate(store: Store, candidate: Candidate) -> RegisteredVersion:
         mlflow.set_tags(tags)
         for artifact in candidate.artifacts:
             mlflow.log_artifact(str(artifact), artifact_path=REPORTS_DIR)
-        if candidate.lineage:
-            mlflow.log_dict(candidate.lineage, lineage.RECORD_ARTIFACT)
+        if record:
+            mlflow.log_dict(record, lineage.RECORD_ARTIFACT)
         for path, text in candidate.lineage_texts.items():
             mlflow.log_text(text, path)
         with _pyfunc_notices_filtered():
@@ -157,8 +163,8 @@ def _logging_to(store: Store) -> Iterator[None]:
 
 
 class _PyfuncNoticeFilter(logging.Filter):
-    # tunegate's own model class is pickled (a user's files never are); a classifier's signature comes from its example
-    NOTICES = ("serialized using CloudPickle", "Inferring model signature")
+    # tunegate's own model class is pickled (a user's files never are)
+    NOTICES = ("serialized using CloudPickle",)
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not any(notice in record.getMessage() for notice in self.NOTICES)
@@ -250,11 +256,14 @@ def set_decision_tags(store: Store, version: RegisteredVersion, alias: str, reas
 
 
 def card_description(card: str) -> str:
-    """The card as a version's description: whole where it fits, else its head and where the whole card is."""
-    if len(card) <= DESCRIPTION_LIMIT:
-        return card
-    pointer = f"\n\n… (cut to fit the registry; the whole card is the run's artifact {MODEL_CARD_ARTIFACT})\n"
-    return card[:DESCRIPTION_LIMIT - len(pointer)] + pointer
+    """The card as a version's description, what the MLflow UI shows: its sections up to DESCRIPTION_END (not its
+    YAML metadata, for the Hugging Face Hub, which the UI would show first as a list) and where the whole card is;
+    cut to DESCRIPTION_LIMIT where even that is longer."""
+    from huggingface_hub import ModelCard
+
+    head = ModelCard(card, ignore_metadata_errors=True).text.partition(DESCRIPTION_END)[0].strip()
+    pointer = f"\n\n… (the whole card, with the identity slices of the data, is the run's artifact {MODEL_CARD_ARTIFACT})\n"
+    return (head if len(head) + len(pointer) <= DESCRIPTION_LIMIT else head[:DESCRIPTION_LIMIT - len(pointer)]) + pointer
 
 
 def attach_model_card(store: Store, version: RegisteredVersion, card: str) -> None:

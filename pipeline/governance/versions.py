@@ -155,6 +155,25 @@ def download_model(store: Store, model_uri: str) -> Path:
     return registered_model_dir(store, model_uri) / "artifacts" / MODEL_ARTIFACT
 
 
+def check_weights(store: Store, version: RegisteredVersion) -> None:
+    """The version's weight files are those registration recorded, each file's size and sha256 (of a version
+    registered before tunegate recorded them: that it has safetensors weights at all), so that the version an
+    alias is moved to loads, with the weights that were gated."""
+    recorded = lineage.recorded_weights(version.tags)
+    weights_dir = download_model(store, version.uri)
+    found = lineage.weight_files(weights_dir) if weights_dir.is_dir() else {}
+    wrong = [f"{name} is missing" for name in recorded if name not in found]
+    wrong += [f"{name} has sha256 {found[name]['sha256'][:12]} ({found[name]['size']} bytes), registered "
+              f"{expected['sha256'][:12]} ({expected['size']} bytes)" for name, expected in recorded.items()
+              if name in found and {key: str(value) for key, value in found[name].items()} != expected]
+    if not recorded and not found:
+        wrong.append(f"no {lineage.WEIGHT_FILES} file")
+    if wrong:
+        raise ModelError(f"The weights of {version.uri} are not those it was registered with ({weights_dir}): "
+                         f"{'; '.join(wrong)}. Nothing was moved: pick another version (`tunegate models`), or "
+                         f"retrain to register this one again.")
+
+
 def read_lineage(store: Store, model_uri: str) -> tuple[str, dict[str, Any]]:
     """A version's URI with its number, and its lineage record."""
     version = find_version(store, model_uri)

@@ -19,12 +19,10 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequence
 
 from pipeline.config import Config, QloraConfig
 from pipeline.errors import ModelError
+from pipeline.governance.lineage import WEIGHT_FILES
 
 # A directory with this file holds a peft adapter (and the classifier's config.json), not a whole model.
 ADAPTER_CONFIG = "adapter_config.json"
-
-# The only weights tunegate reads: safetensors hold tensors, not code.
-WEIGHT_FILES = "*.safetensors"
 
 # A model is weights and a config, never code to run; saying so explicitly also keeps transformers from asking
 # on a terminal whether to run a model's own code.
