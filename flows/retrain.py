@@ -26,7 +26,8 @@ from pipeline.data.split import read_split, split_paths
 from pipeline.preflight import run_preflight
 from pipeline.tasks import evaluate_run, report_dir
 from pipeline.terminal import table
-from pipeline.training.loop import TrainResult, run_dir, train_model
+from pipeline.training.distributed import launch_training
+from pipeline.training.loop import TrainResult, run_dir
 from pipeline.training.methods import check_supported
 from pipeline.training.warm_start import from_parent
 
@@ -103,8 +104,8 @@ def _unless_user_error(task, task_run, state) -> bool:
 @task(name="train", cache_policy=TRAIN_CACHE, persist_result=True, retry_condition_fn=_unless_user_error)
 def train_task(config: Config, data_version: DataVersion) -> TrainResult:
     paths = split_paths(config)
-    trained = train_model(config, read_split(paths.train), read_split(paths.validation),
-                          run_dir(config, data_version.version))
+    trained = launch_training(config, read_split(paths.train), read_split(paths.validation),
+                              run_dir(config, data_version.version))
     if trained.resumed_from is not None:
         get_run_logger().info("resumed from %s", trained.resumed_from)
     get_run_logger().info("%s: best checkpoint at step %d, validation %s", trained.method, trained.best_step,
