@@ -44,25 +44,42 @@ PR_SET_PDEATHSIG = 1           # prctl(2): the signal a process gets when its pa
 
 def launch_training(config: Config, train_frame: pd.DataFrame, validation_frame: pd.DataFrame,
                     output_dir: Path) -> TrainResult:
-    """train_model, in this process (train.distributed.launcher none) or under torchrun (the model and its
-    result as train_model leaves them, written by rank 0)."""
-    spread = config.train.distributed
-    if spread.launcher == "none":
+    """train_model, in this process (train.distributed.launcher none) or under torchrun with this machine as node 0
+    (the model and its result as train_model leaves them, written by rank 0)."""
+    if config.train.distributed.launcher == "none":
         return train_model(config, train_frame, validation_frame, output_dir)
+    check_launch(config.train.distributed)
+    return run_torchrun(config, train_frame, validation_frame, output_dir)
+
+
+def join_training(config: Config, train_frame: pd.DataFrame, validation_frame: pd.DataFrame,
+                  output_dir: Path) -> None:
+    """Another machine's share of a multi-node run (`tunegate train-node`): its ranks, once node 0 listens."""
+    spread = config.train.distributed
+    if spread.launcher == "none" or spread.node_rank == 0:
+        raise ConfigError("tunegate train-node runs the ranks of another machine of a distributed run: set "
+                          "train.distributed.launcher torchrun and this machine's node_rank (1 or more); node 0 runs "
+                          "the flow (`tunegate retrain`).")
+    check_devices(spread)
+    check_rendezvous(spread)
+    run_torchrun(config, train_frame, validation_frame, output_dir)
+
+
+def check_launch(spread: DistributedConfig) -> None:
+    """What node 0 can check before any work (preflight runs it): its node_rank, its devices, the rendezvous."""
     if spread.node_rank != 0:
         raise ConfigError(f"train.distributed.node_rank is {spread.node_rank}, but the flow trains, registers and "
                           f"promotes on node 0: run it there with node_rank 0, and `tunegate train-node -S "
                           f"train.distributed.node_rank={spread.node_rank}` here.")
-    return run_torchrun(config, train_frame, validation_frame, output_dir)
+    check_devices(spread)
+    check_rendezvous(spread)
 
 
 def run_torchrun(config: Config, train_frame: pd.DataFrame, validation_frame: pd.DataFrame,
                  output_dir: Path) -> TrainResult | None:
     """This node's share of a distributed run: its nproc_per_node ranks, until every rank of every node is done.
-    Node 0 returns the run's result; another node (`tunegate train-node`) None."""
+    Node 0 returns the run's result, another node None."""
     spread = config.train.distributed
-    check_devices(spread)
-    check_rendezvous(spread)
     launch_dir = output_dir / LAUNCH_DIR
     launch_dir.mkdir(parents=True, exist_ok=True)
     for stale in [*launch_dir.glob("rank-*.json"), *launch_dir.glob("error-*.json"), launch_dir / RESULT]:
@@ -76,7 +93,7 @@ def run_torchrun(config: Config, train_frame: pd.DataFrame, validation_frame: pd
     if returncode != 0:
         raise _failure(spread, launch_dir, returncode, output)
     _check_ranks_agree(spread, launch_dir)
-    if spread.node_rank != 0:   # the result and the model are node 0's
+    if spread.node_rank != 0:
         return None
     return result_from_json(json.loads((launch_dir / RESULT).read_text()))
 
