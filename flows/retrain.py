@@ -15,7 +15,7 @@ from flows.cache import AUDIT_CACHE, EVALUATE_CACHE, TRAIN_CACHE
 from pipeline.audit import checks
 from pipeline.config import Config, load_config
 from pipeline.data.versioning import DataVersion, reproduce_splits
-from pipeline.errors import TunegateError
+from pipeline.errors import TrainingCrashed, TunegateError
 from pipeline.evaluation.suites import EvaluationReport
 from pipeline.governance import gates, lineage, promotion
 from pipeline.governance.registration import (RunExtras, finish_version, register_run, unfinished_version,
@@ -98,7 +98,7 @@ def split_task(config: Config) -> DataVersion:
 
 def _unless_user_error(task, task_run, state) -> bool:
     # A crash may pass on a retry, which resumes from the last checkpoint; a bad config or model will not.
-    return not isinstance(state.data, TunegateError)
+    return not isinstance(state.data, TunegateError) or isinstance(state.data, TrainingCrashed)
 
 
 @task(name="train", cache_policy=TRAIN_CACHE, persist_result=True, retry_condition_fn=_unless_user_error)

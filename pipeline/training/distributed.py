@@ -28,7 +28,7 @@ import torch
 
 from pipeline import errors
 from pipeline.config import Config, DistributedConfig
-from pipeline.errors import ConfigError, EnvironmentProblem, ModelError
+from pipeline.errors import ConfigError, EnvironmentProblem, ModelError, TrainingCrashed
 from pipeline.training.loop import TrainResult, train_model
 
 LAUNCH_DIR = "launch"          # under the run's output_dir: the spec, the frames, what each rank reports
@@ -100,7 +100,7 @@ def run_torchrun(config: Config, train_frame: pd.DataFrame, validation_frame: pd
 
 def torchrun_command(spread: DistributedConfig, spec: Path) -> list[str]:
     """torchrun (as `python -m torch.distributed.run`: this interpreter, this environment) with a static rendezvous
-    at master_addr:master_port; a failed rank fails the run (no restarts: the flow's retries resume it)."""
+    at master_addr:master_port; a failed rank fails the run (no restarts: the flow's retries, or a re-run, resume it)."""
     return [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={spread.nproc_per_node}",
             f"--nnodes={spread.nnodes}", f"--node-rank={spread.node_rank}", f"--master-addr={spread.master_addr}",
             f"--master-port={spread.master_port}", f"--rdzv-conf=timeout={int(spread.rendezvous_timeout_s)}",
@@ -225,9 +225,9 @@ def _failure(spread: DistributedConfig, launch_dir: Path, returncode: int, outpu
         rank, code = int(cause.group(1)), int(cause.group(2))
         how = (f"was killed by {signal.Signals(-code).name}" if code < 0 and -code in signal.valid_signals()
                else f"exited with code {code}")
-        return ModelError(f"Distributed training failed: rank {rank} of {world} {how} (its output is above); "
-                          f"every rank was stopped and nothing was registered. A re-run resumes from the last "
-                          f"checkpoint.")
+        return TrainingCrashed(f"Distributed training failed: rank {rank} of {world} {how} (its output is above); "
+                               f"every rank was stopped and nothing was registered. A re-run resumes from the last "
+                               f"checkpoint.")
     if re.search(r"timed out|TimeoutError", output, re.I):
         return EnvironmentProblem(f"Distributed training failed: not every node joined at "
                                   f"{spread.master_addr}:{spread.master_port} within "

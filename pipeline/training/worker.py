@@ -2,14 +2,15 @@
 (pipeline.training.distributed), which sets RANK, WORLD_SIZE and the rendezvous in the environment.
 
 Every rank runs the same train_model on the same data; the Trainer joins them into one process group. What a rank
-leaves in the launch folder is all its launcher reads: rank-N.json (finished: the weights' digest), error-N.json
-(a project error: its class and message), and, from rank 0, result.json.
+leaves in the launch folder is all its launcher reads: rank-N.json (finished: the weights' digest and the rank's
+peak memory), error-N.json (a project error: its class and message), and, from rank 0, result.json.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import resource
 import sys
 from pathlib import Path
 
@@ -38,6 +39,13 @@ class ParameterDigest(TrainerCallback):
         self.step, self.digest = state.global_step, digest.hexdigest()
 
 
+def peak_memory_mb() -> float:
+    """This rank's peak memory: allocated on its GPU, else the process's resident set."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _write(path: Path, record: dict) -> None:
     """Whole or not at all: the launcher may read it as soon as the rank exits."""
     staging = path.with_suffix(".tmp")
@@ -58,7 +66,8 @@ def main(spec_path: Path) -> int:
     except TunegateError as exc:
         _write(launch_dir / RANK_ERROR.format(rank=rank), {"class": type(exc).__name__, "message": str(exc)})
         return 1
-    _write(launch_dir / RANK_REPORT.format(rank=rank), {"step": digest.step, "digest": digest.digest})
+    _write(launch_dir / RANK_REPORT.format(rank=rank), {"step": digest.step, "digest": digest.digest,
+                                                        "peak_memory_mb": peak_memory_mb()})
     if rank == 0:
         _write(launch_dir / RESULT, result_to_json(result))
     if torch.distributed.is_initialized():
