@@ -39,8 +39,8 @@ TWO_RANKS = {"batch_size": 16, "eval_steps": 3, "save_steps": 3, "logging_steps"
 LOSS_TOLERANCE = 0.02
 
 
-def _project(root: Path, **train) -> Path:
-    return make_project(root, model={"max_length": 32}, split={"max_train_rows": 192}, gates={"min_accuracy": 0.0},
+def _project(root: Path, rows: int = 192, **train) -> Path:
+    return make_project(root, model={"max_length": 32}, split={"max_train_rows": rows}, gates={"min_accuracy": 0.0},
                         train={**TWO_RANKS, **train,
                                "distributed": {**TWO_RANKS["distributed"], "master_port": free_port(),
                                                **train.get("distributed", {})}})
@@ -149,7 +149,9 @@ def test_two_ranks_of_16_train_as_one_process_of_32(killed_then_resumed, tmp_pat
 def test_a_second_machine_joins_with_train_node(tmp_path, capsys, monkeypatch):
     """Two nodes of one rank each, on this machine: node 0's ranks as the flow starts them, node 1 by the CLI."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")   # each node would give its one rank every core of the machine
-    project = _project(tmp_path / "project", distributed={"nproc_per_node": 1, "nnodes": 2})
+    # 64 rows: 2 steps, scored and checkpointed at the end
+    project = _project(tmp_path / "project", rows=64, eval_steps=2, save_steps=2,
+                       distributed={"nproc_per_node": 1, "nnodes": 2})
     config = load_config(project)
     reproduce_splits(project)
     paths = split_paths(config)
