@@ -46,6 +46,10 @@ def _parser() -> argparse.ArgumentParser:
     when.add_argument("--interval", type=float, metavar="SECONDS", help="run every SECONDS instead")
     schedule.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                           help="override a params.yaml value for every scheduled run")
+    node = commands.add_parser("train-node", help="another machine of a multi-node training run: its ranks "
+                                                  "(train.distributed; node 0 runs retrain)")
+    node.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a params.yaml value, e.g. -S train.distributed.node_rank=1")
     demo = commands.add_parser("demo", help="run a story on the bundled data")
     demo.add_argument("story", choices=["continual"], help="continual: SST-2 champion, then electronics reviews")
     evaluate = commands.add_parser("evaluate", help="evaluate a registered version or a local model directory")
@@ -166,6 +170,11 @@ def _run(args: argparse.Namespace) -> int:
 
             _check_continual_config(args.project_dir, args.overrides)   # a bad config fails now, not at 03:00
             serve(args.project_dir.resolve(), args.cron, args.interval, args.overrides)
+        elif args.command == "train-node":
+            load_config(args.project_dir, args.overrides)   # as retrain: a bad config fails before Prefect loads
+            from flows.train_node import train_node
+
+            print(train_node(str(args.project_dir), args.overrides))
         elif args.command == "demo":
             from flows.demo import run_demo
 

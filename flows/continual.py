@@ -26,7 +26,8 @@ from pipeline.governance.registration import RunExtras, record_rejection
 from pipeline.governance.store import connect
 from pipeline.governance.versions import RegisteredVersion, VersionRow, champion_row, download_model, list_versions
 from pipeline.tasks import evaluate_run
-from pipeline.training.loop import TrainResult, run_dir, train_model
+from pipeline.training.distributed import launch_training
+from pipeline.training.loop import TrainResult, run_dir
 from pipeline.training.methods import check_supported
 from pipeline.training.warm_start import from_champion
 
@@ -132,7 +133,7 @@ def train_candidate_task(config: Config, data_version: DataVersion, batch: str, 
     batch_splits = split_paths(config, batch)
     mix = batches.replay_mix(read_split(batch_splits.train), batches.earlier_training_rows(config, tasks),
                              config.continual.replay_share, config.train.seed)
-    trained = train_model(start, mix, read_split(batch_splits.validation), run_dir(start, data_version.version))
+    trained = launch_training(start, mix, read_split(batch_splits.validation), run_dir(start, data_version.version))
     get_run_logger().info("%s on %d rows (%d replayed): best step %d, validation %s", trained.method, len(mix),
                           len(mix) - len(read_split(batch_splits.train)), trained.best_step, trained.validation_metrics)
     return trained

@@ -15,7 +15,7 @@ from flows.cache import AUDIT_CACHE, EVALUATE_CACHE, TRAIN_CACHE
 from pipeline.audit import checks
 from pipeline.config import Config, load_config
 from pipeline.data.versioning import DataVersion, reproduce_splits
-from pipeline.errors import TunegateError
+from pipeline.errors import TrainingCrashed, TunegateError
 from pipeline.evaluation.suites import EvaluationReport
 from pipeline.governance import gates, lineage, promotion
 from pipeline.governance.registration import (RunExtras, finish_version, register_run, unfinished_version,
@@ -26,7 +26,8 @@ from pipeline.data.split import read_split, split_paths
 from pipeline.preflight import run_preflight
 from pipeline.tasks import evaluate_run, report_dir
 from pipeline.terminal import table
-from pipeline.training.loop import TrainResult, run_dir, train_model
+from pipeline.training.distributed import launch_training
+from pipeline.training.loop import TrainResult, run_dir
 from pipeline.training.methods import check_supported
 from pipeline.training.warm_start import from_parent
 
@@ -97,14 +98,14 @@ def split_task(config: Config) -> DataVersion:
 
 def _unless_user_error(task, task_run, state) -> bool:
     # A crash may pass on a retry, which resumes from the last checkpoint; a bad config or model will not.
-    return not isinstance(state.data, TunegateError)
+    return not isinstance(state.data, TunegateError) or isinstance(state.data, TrainingCrashed)
 
 
 @task(name="train", cache_policy=TRAIN_CACHE, persist_result=True, retry_condition_fn=_unless_user_error)
 def train_task(config: Config, data_version: DataVersion) -> TrainResult:
     paths = split_paths(config)
-    trained = train_model(config, read_split(paths.train), read_split(paths.validation),
-                          run_dir(config, data_version.version))
+    trained = launch_training(config, read_split(paths.train), read_split(paths.validation),
+                              run_dir(config, data_version.version))
     if trained.resumed_from is not None:
         get_run_logger().info("resumed from %s", trained.resumed_from)
     get_run_logger().info("%s: best checkpoint at step %d, validation %s", trained.method, trained.best_step,

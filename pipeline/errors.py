@@ -21,6 +21,11 @@ class ModelError(TunegateError):
     """A model cannot be found, loaded or trained as configured."""
 
 
+class TrainingCrashed(ModelError):
+    """A rank of a distributed training died (killed, out of memory, a crash): a retry resumes it from the last
+    checkpoint."""
+
+
 class ReproduceError(TunegateError):
     """A recorded version cannot be rebuilt: its commit, data version or params cannot be had."""
 

@@ -12,6 +12,7 @@ from pipeline.governance.store import check_reachable
 from pipeline.data import versioning
 from pipeline.config import Config
 from pipeline.errors import EnvironmentProblem, ModelError
+from pipeline.training.distributed import check_launch
 from pipeline.training.models import WEIGHT_FILES, base_model_dir
 
 
@@ -61,3 +62,5 @@ def run_preflight(config: Config) -> None:
     check_base_model(config)
     check_reachable(config)
     versioning.check_remote(config.project_dir)
+    if config.train.distributed.launcher != "none":
+        check_launch(config.train.distributed)

@@ -8,7 +8,7 @@ from pipeline.config.loading import (DVC_VERSIONED_SECTIONS, PARAMS_FILE, Config
                                      apply_task_defaults, json_schema, load_config)
 from pipeline.config.sections import (METHODS, AuditChecks, AuditConfig, BiasConfig, CausalLmConfig, Check,
                                       ContinualConfig, Count, CounterfactualAttribute, CounterfactualConfig,
-                                      DataConfig, DataFormat, DriftConfig, EarlierTask, EvaluateConfig, GatesConfig,
+                                      DataConfig, DataFormat, DistributedConfig, DriftConfig, EarlierTask, EvaluateConfig, GatesConfig,
                                       GeneralBenchmark, Ia3Config, LayersConfig, LengthCheck, LoraConfig, MaxGapCheck,
                                       MaxScoreCheck, MaxShareCheck, Method, MinRowsCheck, MinShareCheck, ModelConfig,
                                       Names, NonNegative, Number, OpenShare, Override, PairBenchmark, Positive,
@@ -25,7 +25,7 @@ __all__ = [
     "PositiveInt", "Severity", "Share",
     # sections: models
     "AuditChecks", "AuditConfig", "BiasConfig", "CausalLmConfig", "Check", "ContinualConfig",
-    "CounterfactualAttribute", "CounterfactualConfig", "DataConfig", "DriftConfig", "EarlierTask", "EvaluateConfig",
+    "CounterfactualAttribute", "CounterfactualConfig", "DataConfig", "DistributedConfig", "DriftConfig", "EarlierTask", "EvaluateConfig",
     "GatesConfig", "GeneralBenchmark", "Ia3Config", "LayersConfig", "LengthCheck", "LoraConfig", "MaxGapCheck",
     "MaxScoreCheck", "MaxShareCheck", "MinRowsCheck", "MinShareCheck", "ModelConfig", "PairBenchmark",
     "PreflightConfig", "PromotionLockConfig", "QloraConfig", "RegistryConfig", "ReproduceConfig", "Section",

@@ -201,6 +201,28 @@ class VirtualTokensConfig(Section):
     num_virtual_tokens: PositiveInt
 
 
+class DistributedConfig(Section):
+    """How training is launched: in this process, or under torchrun on several processes and machines."""
+    launcher: Literal["none", "torchrun"]       # none: one process, as a plain run
+    nproc_per_node: PositiveInt                 # ranks on this machine: GPUs on a GPU machine, cores on a CPU
+    nnodes: PositiveInt                         # machines; each runs `tunegate train-node` but node 0 (the flow)
+    node_rank: Count                            # this machine's number, 0 for the one that runs the flow
+    master_addr: str                            # node 0's address, where every rank meets
+    master_port: Annotated[int, Field(ge=1, le=65535)]
+    strategy: Literal["ddp", "fsdp"]            # fsdp: parameters sharded across ranks (the causal LM on GPUs)
+    rendezvous_timeout_s: Positive              # how long a node waits for the others before it gives up
+
+    @model_validator(mode="after")
+    def _rank_in_range(self) -> DistributedConfig:
+        if self.node_rank >= self.nnodes:
+            raise ValueError(f"node_rank must be below nnodes ({self.nnodes}), got {self.node_rank}")
+        return self
+
+    @property
+    def world_size(self) -> int:
+        return 1 if self.launcher == "none" else self.nproc_per_node * self.nnodes
+
+
 class TrainConfig(Section):
     method: Method
     init: Literal["base", "champion"]   # base: model.base; champion: the registry's champion (warm start)
@@ -223,6 +245,8 @@ class TrainConfig(Section):
     retries: Count
     precision: Literal["auto", "bf16", "fp32"]
     output_dir: str
+    gradient_checkpointing: bool                # recompute activations in the backward pass: less memory, ~30% slower
+    distributed: DistributedConfig
     layers: LayersConfig
     lora: LoraConfig
     qlora: QloraConfig
@@ -238,6 +262,10 @@ class TrainConfig(Section):
         if self.save_steps % self.eval_steps:
             raise ValueError(f"save_steps must be a multiple of eval_steps ({self.eval_steps}), got {self.save_steps}: "
                              f"every checkpoint needs its validation score for the best one to be kept")
+        if self.distributed.world_size > 1 and self.layers.unfreeze_every and self.method in ("full", "freeze"):
+            # DDP (and FSDP) fix the set of trained parameters when they wrap the model
+            raise ValueError("layers.unfreeze_every must be 0 when training is distributed (train.distributed): "
+                             "the parameters that train cannot change during a distributed run")
         return self
 
     @property

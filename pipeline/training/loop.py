@@ -10,14 +10,15 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
 from peft import PeftModel
-from transformers import (EarlyStoppingCallback, PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerState,
-                          TrainingArguments, set_seed)
+from transformers import (EarlyStoppingCallback, PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback,
+                          TrainerState, TrainingArguments, set_seed)
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
@@ -43,6 +44,7 @@ class TrainResult:
     validation_metrics: dict[str, float]
     best_step: int
     resumed_from: Path | None
+    world_size: int = 1           # ranks that trained it (train.distributed)
 
     def as_metrics(self) -> dict[str, float]:
         return {"trainable_params": self.trainable_params, "total_params": self.total_params,
@@ -76,21 +78,31 @@ class ShuffledLengthGroupedSampler(LengthGroupedSampler):
     longest first: training would sweep from long texts to short ones and end every window and epoch on
     the shortest (on SST-2, single words). The window is a trade: alike batches pad less, but they also
     cost accuracy (benchmarks/train_throughput.py measures both).
+
+    With a seed (a distributed run), each epoch's order is drawn from seed + epoch, as torch's DistributedSampler
+    draws it: every rank draws the same order, and Accelerate hands each rank its own batches of it; a run resumed
+    in a later epoch draws that epoch's order again. Without one (one process), from torch's global generator.
     """
 
-    def __init__(self, batch_size: int, lengths: list[int], window: int, generator=None):
-        super().__init__(batch_size, lengths=lengths, generator=generator)
+    def __init__(self, batch_size: int, lengths: list[int], window: int, seed: int | None = None):
+        super().__init__(batch_size, lengths=lengths)
         self.window = window
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __iter__(self):
+        generator = None if self.seed is None else torch.Generator().manual_seed(self.seed + self.epoch)
         indices = get_length_grouped_indices(self.lengths, self.batch_size, mega_batch_mult=self.window,
-                                             generator=self.generator)
+                                             generator=generator)
         batches = [indices[i:i + self.batch_size] for i in range(0, len(indices), self.batch_size)]
         # The longest batch stays first, as the Trainer intends (out of memory at once, if at all); a short
         # last batch stays last, so that every batch the DataLoader cuts is one of these.
         first, middle = batches[:1], batches[1:]
         last = [middle.pop()] if middle and len(middle[-1]) < self.batch_size else []
-        order = torch.randperm(len(middle), generator=self.generator).tolist()
+        order = torch.randperm(len(middle), generator=generator).tolist()
         return iter([i for batch in [*first, *(middle[j] for j in order), *last] for i in batch])
 
 
@@ -104,7 +116,8 @@ class LengthGroupedTrainer(Trainer):
     def _get_train_sampler(self, train_dataset=None):
         sampler = super()._get_train_sampler(train_dataset)
         if isinstance(sampler, LengthGroupedSampler):
-            return ShuffledLengthGroupedSampler(sampler.batch_size, sampler.lengths, self.length_window)
+            seed = self.args.data_seed if self.args.world_size > 1 else None
+            return ShuffledLengthGroupedSampler(sampler.batch_size, sampler.lengths, self.length_window, seed)
         return sampler
 
 
@@ -144,7 +157,30 @@ def training_arguments(train: TrainConfig, checkpoint_dir: Path, bf16: bool) -> 
         data_seed=train.seed,
         report_to="none",
         dataloader_pin_memory=torch.cuda.is_available(),
+        activation_checkpointing=train.gradient_checkpointing,
+        # The reentrant checkpoint runs a block's backward twice, and DDP then marks a peft adapter's parameters
+        # ready twice and fails (peft#313); the non-reentrant one needs no input gradients either.
+        activation_checkpointing_kwargs={"use_reentrant": False},
+        # On, the Trainer multiplies each rank's loss by the world size, for models that divide their loss by the
+        # tokens of every rank; the classifier (which takes **kwargs, but ignores them) averages over its own
+        # batch, and its loss and gradients would come out world-size times too large. One process: no change.
+        average_tokens_across_devices=False,
+        # Every trained parameter of every method takes part in every forward pass: DDP need not search the graph
+        # for unused ones after each step (the Trainer's default does, with a warning).
+        ddp_find_unused_parameters=False,
+        # Several machines: each machine's first rank keeps the checkpoints on its own disk, so that each node can
+        # resume and load the best checkpoint without a shared file system.
+        save_on_each_node=train.distributed.nnodes > 1,
+        **fsdp_arguments(train.distributed.strategy if train.distributed.world_size > 1 else None),
     )
+
+
+def fsdp_arguments(strategy: str | None) -> dict:
+    """The Trainer's FSDP settings for strategy fsdp: every block (the model's _no_split_modules) sharded
+    across ranks; original parameters kept, as peft's mix of frozen and trained ones needs."""
+    if strategy != "fsdp":
+        return {}
+    return {"fsdp": "full_shard auto_wrap", "fsdp_config": {"use_orig_params": True}}
 
 
 def last_checkpoint(checkpoint_dir: Path) -> Path | None:
@@ -160,11 +196,13 @@ def run_dir(config: Config, data_version: str) -> Path:
 
 
 def train_model(config: Config, train_frame: pd.DataFrame, validation_frame: pd.DataFrame,
-                output_dir: Path) -> TrainResult:
+                output_dir: Path, callbacks: Sequence[TrainerCallback] = ()) -> TrainResult:
     """Fine-tune the base model with train.method; the best checkpoint on validation is saved to output_dir/model.
 
     Checkpoints go to output_dir/checkpoints; called again with the same output_dir (a retry, a re-run),
     training resumes from the last one. output_dir must therefore identify the data and the params.
+    In each rank of a distributed run (pipeline.training.distributed) the same, on the rank's share of each
+    batch; only rank 0 writes the checkpoints and the model.
     """
     train_cfg = config.train
     check_supported(train_cfg)
@@ -186,7 +224,7 @@ def train_model(config: Config, train_frame: pd.DataFrame, validation_frame: pd.
         eval_dataset=task.dataset(config, task.validation_rows(config, validation_frame), tokenizer),
         data_collator=collator,
         compute_metrics=task.validation_metrics(config),
-        callbacks=[*setup.callbacks, *early_stopping],
+        callbacks=[*setup.callbacks, *early_stopping, *callbacks],
         length_window=train_cfg.length_window,
         # the Trainer's own optimizer class and settings, with the method's parameter groups if it has any
         optimizer_cls_and_kwargs=(optimizer_cls, {**optimizer_kwargs, "params": setup.param_groups})
@@ -197,14 +235,29 @@ def train_model(config: Config, train_frame: pd.DataFrame, validation_frame: pd.
     started, cpu_started = time.perf_counter(), time.process_time()
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
-    samples = samples_trained(len(train_frame), train_cfg.batch_size, first_step, trainer.state.global_step)
+    world_size = trainer.args.world_size
+    samples = samples_trained(len(train_frame), train_cfg.batch_size * world_size, first_step, trainer.state.global_step)
     model_dir = output_dir / "model"
-    save_for_serving(trainer.model, tokenizer, model_dir, merge_adapter=setup.merge_adapter,
-                     base_model=config.model.base)
+    model = full_model(trainer, lambda: METHOD_BUILDERS[train_cfg.method](base_model(config), train_cfg).model)
+    if trainer.is_world_process_zero():
+        save_for_serving(model, tokenizer, model_dir, merge_adapter=setup.merge_adapter, base_model=config.model.base)
     return TrainResult(model_dir=model_dir, method=train_cfg.method, trainable_params=trainable, total_params=total,
                        train_seconds=seconds, train_cpu_seconds=cpu_seconds, train_samples_per_second=samples / seconds,
                        precision="bf16" if bf16 else "fp32", validation_metrics=best_validation(trainer.state),
-                       best_step=trainer.state.best_global_step, resumed_from=checkpoint)
+                       best_step=trainer.state.best_global_step, resumed_from=checkpoint, world_size=world_size)
+
+
+def full_model(trainer: Trainer, rebuild) -> PreTrainedModel:
+    """The trained model, whole. Under FSDP each rank holds a shard: every rank gathers the full weights (rank 0
+    keeps them) into a model built afresh by the method's builder; otherwise the Trainer's own model."""
+    if not trainer.is_fsdp_enabled:
+        return trainer.model
+    state = trainer.accelerator.get_state_dict(trainer.model_wrapped)
+    if not trainer.is_world_process_zero():
+        return trainer.model
+    model = rebuild()
+    model.load_state_dict(state)
+    return model
 
 
 def check_best_metric(config: Config) -> None:
