@@ -101,3 +101,10 @@ def _hyperparameters(config: Config) -> dict[str, Any]:
             "max length": config.model.max_length,
             **{f"{name}.{key}": ", ".join(value) if isinstance(value, list) else value
                for key, value in getattr(train, name).model_dump().items()}}
+
+
+def card_summary(card: str) -> str:
+    """A card's head for a reviewer in a hurry: its title, what the model is, and its intended use and limits (the
+    text before its second section), without the YAML metadata."""
+    body = ModelCard(card).text
+    return "\n## ".join(body.split("\n## ")[:2]).strip()

@@ -1,0 +1,31 @@
+"""Each alias move as a Prefect event, `tunegate.alias.moved`, for a team's Automations to notify or deploy on.
+
+pipeline/ moves aliases (aliases.move_alias) and knows no Prefect: it calls the listeners flows/ gives it.
+"""
+from __future__ import annotations
+
+from prefect.context import FlowRunContext
+from prefect.events import emit_event
+from prefect.settings import get_current_settings
+
+from pipeline.governance.aliases import AliasMove, on_alias_moved
+
+ALIAS_MOVED = "tunegate.alias.moved"
+
+
+def emit_alias_moved(model: str, move: AliasMove) -> None:
+    # Outside a flow run with no Prefect server configured there is nobody to tell, and the temporary local
+    # server Prefect would start for the event costs seconds (e.g. `tunegate promote` on a laptop).
+    if get_current_settings().api.url is None and FlowRunContext.get() is None:
+        return
+    emit_event(ALIAS_MOVED,
+               resource={"prefect.resource.id": f"tunegate.model.{model}", "prefect.resource.name": model},
+               related=[{"prefect.resource.id": f"tunegate.model.{model}.{move.to_version}",
+                         "prefect.resource.role": "model-version", "prefect.resource.name": f"{model} {move.to_version}"}],
+               payload={"model": model, "version": move.to_version, "alias": move.alias, "reason": move.reason,
+                        "by": move.by, "action": move.action, "from_version": move.from_version})
+
+
+def publish_alias_moves() -> None:
+    """From now on, every alias this process moves is told to Prefect."""
+    on_alias_moved(emit_alias_moved)
