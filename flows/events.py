@@ -18,8 +18,10 @@ def emit_alias_moved(model: str, move: AliasMove) -> None:
     # server Prefect would start for the event costs seconds (e.g. `tunegate promote` on a laptop).
     if get_current_settings().api.url is None and FlowRunContext.get() is None:
         return
+    # The alias and version as resource labels too: an Automation's trigger matches labels, not the payload.
     emit_event(ALIAS_MOVED,
-               resource={"prefect.resource.id": f"tunegate.model.{model}", "prefect.resource.name": model},
+               resource={"prefect.resource.id": f"tunegate.model.{model}", "prefect.resource.name": model,
+                         "tunegate.alias": move.alias, "tunegate.version": move.to_version},
                related=[{"prefect.resource.id": f"tunegate.model.{model}.{move.to_version}",
                          "prefect.resource.role": "model-version", "prefect.resource.name": f"{model} {move.to_version}"}],
                payload={"model": model, "version": move.to_version, "alias": move.alias, "reason": move.reason,

@@ -218,7 +218,7 @@ def test_each_alias_move_is_an_event_a_subscriber_receives(approved, alias_event
                 for event in alias_events]
     assert sorted(received) == sorted((m.to_version, m.alias, m.action, m.reason) for m in moves)
     approval = next(event for event in alias_events if event.payload["action"] == "approval")
-    assert approval.resource.id == f"tunegate.model.{MODEL}"
+    assert (approval.resource.id, approval.resource["tunegate.alias"]) == (f"tunegate.model.{MODEL}", "champion")
     assert {key: approval.payload[key] for key in ("model", "version", "alias", "by")} == {
         "model": MODEL, "version": "1", "alias": "champion", "by": "alice"}
 
