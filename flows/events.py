@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from prefect.context import FlowRunContext
 from prefect.events import emit_event
+from prefect.events.worker import EventsWorker
 from prefect.settings import get_current_settings
 
 from pipeline.governance.aliases import AliasMove, on_alias_moved
@@ -26,6 +27,10 @@ def emit_alias_moved(model: str, move: AliasMove) -> None:
                          "prefect.resource.role": "model-version", "prefect.resource.name": f"{model} {move.to_version}"}],
                payload={"model": model, "version": move.to_version, "alias": move.alias, "reason": move.reason,
                         "by": move.by, "action": move.action, "from_version": move.from_version})
+    if FlowRunContext.get() is None:
+        # A command that exits right after the move (`tunegate promote`): sent now, not by Prefect at exit,
+        # which warns on stderr that it is "still processing items".
+        EventsWorker.instance().wait_until_empty()
 
 
 def publish_alias_moves() -> None:
