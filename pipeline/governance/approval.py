@@ -16,7 +16,7 @@ from pipeline.governance.aliases import AliasMove, alias_history, move_alias, pr
 from pipeline.governance.promotion import require_reason
 from pipeline.governance.registration import set_decision_tags
 from pipeline.governance.store import Store, connect
-from pipeline.governance.versions import CHALLENGER, CHAMPION, VersionRow, find_version
+from pipeline.governance.versions import CHALLENGER, CHAMPION, VersionRow, check_weights, find_version
 
 # On a version waiting for its reviewer: the id of the paused flow run whose resumption decides it.
 PENDING_TAG = "approval_flow_run"
@@ -86,6 +86,8 @@ def settle(config: Config, version: str, verdict: Verdict | None) -> AliasMove:
     with promotion_lock(store, verdict.reviewer) as lock:
         pending_approval(store, version)
         target = find_version(store, f"models:/{store.model_name}/{version}")
+        if verdict.approve:
+            check_weights(store, target)   # as for an override: production gets the weights that were gated
         move = move_alias(store, lock, CHAMPION if verdict.approve else CHALLENGER, target, action, verdict.reviewer,
                           verdict.reason)
         store.client.delete_model_version_tag(store.model_name, version, PENDING_TAG)
