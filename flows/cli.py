@@ -34,7 +34,11 @@ def _parser() -> argparse.ArgumentParser:
     promote = commands.add_parser("promote", help="make a version champion, whatever the gates said; recorded")
     promote.add_argument("model", metavar="MODEL_URI", help="models:/NAME/VERSION or models:/NAME@ALIAS")
     rollback = commands.add_parser("rollback", help="move champion back to the version that held it before; recorded")
-    for command in (promote, rollback):
+    approve = commands.add_parser("approve", help="approve a version waiting for a reviewer: it becomes champion")
+    reject = commands.add_parser("reject", help="reject a version waiting for a reviewer: it becomes challenger")
+    for command in (approve, reject):
+        command.add_argument("version", metavar="VERSION", help="the version number, as `tunegate models` lists it")
+    for command in (promote, rollback, approve, reject):
         command.add_argument("--reason", help="why, for the alias history (required)")
         command.add_argument("--by", default=None, help="who, for the alias history (default: your login name)")
     step = commands.add_parser("continual", help="one continual step: learn the next new batch of continual.incoming")
@@ -73,15 +77,20 @@ def _models(project_dir: Path) -> str:
     from pipeline.governance.store import connect
     from pipeline.governance.versions import REASON_TAG, list_versions
 
+    from pipeline.governance.approval import pending_versions
+
     rows = list_versions(connect(config))
     if not rows:
         return f"No versions of {config.registry.model_name} registered yet: run `tunegate retrain`."
     columns = list(dict.fromkeys([*KEY_METRICS, *gates.gated_metrics(m for row in rows for m in row.metrics)]))
     header = ["version", "aliases", "created", *columns, "method", "data_version", "decision"]
-    return table([header] + [[row.version, ",".join(row.aliases) or "-", row.created,
-                              *(f"{row.metrics[m]:.4f}" if m in row.metrics else "-" for m in columns),
-                              row.tags.get("method", "-"), row.tags.get("data_version", "-")[:12],
-                              row.tags.get(REASON_TAG, "-")] for row in rows])
+    versions = table([header] + [[row.version, ",".join(row.aliases) or "-", row.created,
+                                  *(f"{row.metrics[m]:.4f}" if m in row.metrics else "-" for m in columns),
+                                  row.tags.get("method", "-"), row.tags.get("data_version", "-")[:12],
+                                  row.tags.get(REASON_TAG, "-")] for row in rows])
+    pending = [f"  version {p.version} (Prefect flow run {p.flow_run_id}): tunegate approve {p.version} --reason "
+               f"\"...\"  |  tunegate reject {p.version} --reason \"...\"" for p in pending_versions(rows)]
+    return "\n".join([versions, *(["", "Waiting for a reviewer's approval:", *pending] if pending else [])])
 
 
 def _history(project_dir: Path) -> str:
@@ -185,10 +194,20 @@ def _run(args: argparse.Namespace) -> int:
             config = load_config(args.project_dir)
             from pipeline.governance import promotion
 
+            from flows.events import publish_alias_moves
+
+            publish_alias_moves()
             by = args.by or promotion.login_name()
             move = (promotion.override(config, args.model, args.reason, by) if args.command == "promote"
                     else promotion.rollback(config, args.reason, by))
             print(_moved(move))
+        elif args.command in ("approve", "reject"):
+            config = load_config(args.project_dir)
+            from flows.approval import resume
+            from pipeline.governance.promotion import login_name
+
+            # the paused flow run moves the alias (and emits its event); this waits until it has
+            print(_moved(resume(config, args.version, args.command, args.by or login_name(), args.reason)))
         elif args.command == "evaluate":
             print(_evaluate(args.project_dir, args.model))
         elif args.command == "lineage":

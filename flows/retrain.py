@@ -11,7 +11,9 @@ from pathlib import Path
 from prefect import flow, get_run_logger, runtime, task
 from prefect.cache_policies import NO_CACHE
 
+from flows.approval import approval_flow, require_server
 from flows.cache import AUDIT_CACHE, EVALUATE_CACHE, TRAIN_CACHE
+from flows.events import publish_alias_moves
 from pipeline.audit import checks
 from pipeline.config import Config, load_config
 from pipeline.data.versioning import DataVersion, reproduce_splits
@@ -21,7 +23,7 @@ from pipeline.governance import gates, lineage, promotion
 from pipeline.governance.registration import (RunExtras, finish_version, register_run, unfinished_version,
                                               version_of_run)
 from pipeline.governance.store import connect
-from pipeline.governance.versions import RegisteredVersion, VersionRow
+from pipeline.governance.versions import CANDIDATE, RegisteredVersion, VersionRow
 from pipeline.data.split import read_split, split_paths
 from pipeline.preflight import run_preflight
 from pipeline.tasks import evaluate_run, report_dir
@@ -33,6 +35,7 @@ from pipeline.training.warm_start import from_parent
 
 
 GATE_OUTCOME = {True: "pass", False: "FAIL", None: "-"}
+publish_alias_moves()   # every alias a flow moves is a Prefect event (tunegate.alias.moved) for Automations
 
 
 @dataclass(frozen=True)
@@ -162,6 +165,7 @@ def finish_task(config: Config, version: RegisteredVersion, data_version: DataVe
 def retrain(project_dir: str = ".", overrides: list[str] | None = None) -> RetrainSummary:
     config = load_config(Path(project_dir), overrides or [])
     check_supported(config.train)   # e.g. qlora without a GPU: stop before any work
+    require_server(config)          # gates.approval: required with no Prefect server a reviewer could reach
     code = lineage.git_state(config.project_dir)
     work_config, parent = from_parent(config)
     preflight_task(work_config)     # disk, folders, base model, tracking store, DVC remote
@@ -194,6 +198,10 @@ def retrain(project_dir: str = ".", overrides: list[str] | None = None) -> Retra
     version = register_task(config, code, data_version, trained, evaluation, report, parent)
     promoted = promote_task(work_config, version, data_version, evaluation)
     finish_task(config, version, data_version, evaluation, report, promoted)
+    alias, reason = promoted.alias, promoted.decision.summary
+    if alias == CANDIDATE:   # gates.approval: required: a reviewer decides
+        move = approval_flow(config, version.version)
+        alias, reason = move.alias, f"{move.action} by {move.by}: {move.reason} (gates: {reason})"
     return RetrainSummary(data_version.version, evaluation.metrics, evaluation.path, version.name, version.version,
-                          promoted.alias, promoted.decision.summary, report.summary,
+                          alias, reason, report.summary,
                           [check.headline for check in report.failures], promoted.as_record())

@@ -341,6 +341,9 @@ class GatesConfig(Section):
     max_bias_gap: Share | None           # null: not checked
     max_task_forgetting: NonNegative | None   # continual: drop on each earlier task's test split; null: not checked
     lock: PromotionLockConfig            # the promotion lock in the tracking store
+    approval: Literal["none", "required"]   # required: a version that passes every gate waits for a reviewer
+    approval_timeout: Positive           # seconds a version waits for its reviewer; then challenger
+    approval_poll_s: Positive            # how often the waiting flow asks Prefect whether it was resumed
 
 
 class RegistryConfig(Section):

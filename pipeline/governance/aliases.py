@@ -8,7 +8,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Iterator
+from typing import Callable, Iterator
 
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
@@ -119,6 +119,17 @@ class AliasMove:
     reason: str
 
 
+AliasListener = Callable[[str, AliasMove], None]   # (the model's name, the move)
+_listeners: list[AliasListener] = []
+
+
+def on_alias_moved(listener: AliasListener) -> None:
+    """Call listener after each alias move of this process, once however often it is added. flows/ adds the one
+    that emits a Prefect event: the library knows no orchestrator."""
+    if listener not in _listeners:
+        _listeners.append(listener)
+
+
 def move_alias(store: Store, lock: PromotionLock, alias: str, version: RegisteredVersion, action: str, by: str,
                reason: str) -> AliasMove:
     """Point alias at version and write the move to the history; only under the promotion lock."""
@@ -141,6 +152,8 @@ def move_alias(store: Store, lock: PromotionLock, alias: str, version: Registere
                                   "reason": reason, "time": move.time})
     client.set_registered_model_alias(version.name, alias, version.version)
     client.set_terminated(run.info.run_id)
+    for listener in _listeners:
+        listener(version.name, move)
     return move
 
 

@@ -19,6 +19,7 @@ TASK_METRIC_PREFIX = "test_"
 # The section of params.yaml's train that each method reads, as the comment on train.method says.
 METHOD_SECTIONS = {"full": "layers", "freeze": "layers", "lora": "lora", "dora": "lora", "qlora": "lora",
                    "ia3": "ia3", "prompt_tuning": "prompt_tuning", "prefix_tuning": "prefix_tuning"}
+SUMMARY_SECTIONS = ("Intended use and limits",)   # of the template: what a reviewer reads besides the gates
 GROUP_GAP_SUFFIX = "_difference"   # group_<category>_dp_difference and their largest (pipeline.evaluation.suites)
 
 
@@ -101,3 +102,10 @@ def _hyperparameters(config: Config) -> dict[str, Any]:
             "max length": config.model.max_length,
             **{f"{name}.{key}": ", ".join(value) if isinstance(value, list) else value
                for key, value in getattr(train, name).model_dump().items()}}
+
+
+def card_summary(card: str) -> str:
+    """A card's head for a reviewer in a hurry: its title, what the model is, and its intended use and limits,
+    without the YAML metadata (the gates' table, which the card also holds, the reviewer sees beside it)."""
+    head, *sections = ModelCard(card).text.split("\n## ")
+    return "\n\n## ".join([head.strip(), *(s.strip() for s in sections if s.startswith(SUMMARY_SECTIONS))])

@@ -16,8 +16,8 @@ from pipeline.governance import gates
 from pipeline.governance.aliases import AliasMove, PromotionLock, alias_history, move_alias, promotion_lock
 from pipeline.governance.registration import log_to_run
 from pipeline.governance.store import Store, connect
-from pipeline.governance.versions import (CHALLENGER, CHAMPION, RegisteredVersion, champion_version, check_weights,
-                                          download_model, find_version, read_run_text, run_metrics)
+from pipeline.governance.versions import (CANDIDATE, CHALLENGER, CHAMPION, RegisteredVersion, champion_version,
+                                          check_weights, download_model, find_version, read_run_text, run_metrics)
 
 FLOW_DECISION, OVERRIDE, ROLLBACK = "flow decision", "override", "rollback"
 DECISION_RECORD = "decision.json"     # in the candidate's run
@@ -104,11 +104,14 @@ def _gate_and_move(store: Store, lock: PromotionLock, candidates: list[Registere
                  for c in candidates]
     passing = [i for i, decision in enumerate(decisions) if decision.promote]
     best = max(passing, key=lambda i: candidates[i].metrics[gates.task_metric(candidates[i].metrics)], default=None)
+    # With gates.approval: required the gates propose and a reviewer disposes (pipeline.governance.approval).
+    approval = store.config.gates.approval == "required"
     promotions = []
     for i, (candidate, decision) in enumerate(zip(candidates, decisions)):
-        alias = CHAMPION if i == best else CHALLENGER
+        alias = (CANDIDATE if approval else CHAMPION) if i == best else CHALLENGER
         reason = decision.summary + (f"; passed, but version {candidates[best].version} scored higher"
                                      if decision.promote and i != best else "")
+        reason += "; waits for a reviewer's approval" if alias == CANDIDATE else ""
         # The champion's numbers and each earlier task's forgetting, beside the candidate's own.
         logged = {f"{gates.CHAMPION_PREFIX}{name}": baseline.metrics[name]
                   for name in gates.gated_metrics(baseline.metrics)} if baseline else {}
@@ -141,7 +144,7 @@ def recorded_promotion(store: Store, candidate: RegisteredVersion, history: list
     return Promotion(record["alias"], decision, baseline, move, logged)
 
 
-def _require_reason(reason: str | None, command: str) -> str:
+def require_reason(reason: str | None, command: str) -> str:
     if not reason or not reason.strip():
         raise PromotionError(f"`tunegate {command}` needs --reason \"...\": say why, for the alias history.")
     return reason.strip()
@@ -149,7 +152,7 @@ def _require_reason(reason: str | None, command: str) -> str:
 
 def override(config: Config, model_uri: str, reason: str | None, by: str) -> AliasMove:
     """Make a version champion whatever the gates said of it, where its weights are those registered."""
-    reason = _require_reason(reason, "promote")
+    reason = require_reason(reason, "promote")
     store = connect(config)
     version = find_version(store, model_uri)
     check_weights(store, version)
@@ -175,7 +178,7 @@ def previous_champion(history: list[AliasMove]) -> str | None:
 
 def rollback(config: Config, reason: str | None, by: str) -> AliasMove:
     """Move `champion` back to the version that held it before."""
-    reason = _require_reason(reason, "rollback")
+    reason = require_reason(reason, "rollback")
     store = connect(config)
     with promotion_lock(store, by) as lock:
         current = champion_version(store)

@@ -16,6 +16,7 @@ from pipeline.governance.serving import MODEL_ARTIFACT
 from pipeline.governance.store import Store
 
 CHAMPION, CHALLENGER = "champion", "challenger"
+CANDIDATE = "candidate"   # passed every gate, waits for a reviewer (gates.approval: required)
 # The gates' verdict on a version, set when everything else of it is done: a version without it was left unfinished
 # by a killed run, and the next run with the same data, params and code finishes it.
 DECISION_TAG, REASON_TAG = "promotion_decision", "promotion_reason"
