@@ -16,12 +16,13 @@ from pathlib import Path
 import pandas as pd
 import torch
 from peft import PeftModel
-from transformers import (EarlyStoppingCallback, PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerState,
-                          TrainingArguments, set_seed)
+from transformers import (EarlyStoppingCallback, PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback,
+                          TrainerState, TrainingArguments, set_seed)
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from pipeline.config import Config, TrainConfig
+from pipeline import interruption
 from pipeline.errors import ConfigError
 from pipeline.training.methods import METHOD_BUILDERS, check_supported
 from pipeline.training.models import base_model_dir, load_tokenizer
@@ -153,6 +154,17 @@ def last_checkpoint(checkpoint_dir: Path) -> Path | None:
     return max(complete, key=lambda path: int(path.name.rsplit("-", 1)[1]), default=None)
 
 
+class StopWhenInterrupted(TrainerCallback):
+    """Ctrl-C (pipeline.interruption): training stops at the end of a step, where no checkpoint is being written;
+    a run started again resumes from the last one."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if interruption.requested():
+            checkpoint = last_checkpoint(Path(args.output_dir))
+            interruption.stop_if_requested(f"resume from checkpoint {checkpoint.name.rsplit('-', 1)[1]}"
+                                           if checkpoint else "train from the start")
+
+
 def run_dir(config: Config, data_version: str) -> Path:
     """A run's training folder. Deterministic: a retry or a re-run with the same data and params finds its
     checkpoints here."""
@@ -186,7 +198,7 @@ def train_model(config: Config, train_frame: pd.DataFrame, validation_frame: pd.
         eval_dataset=task.dataset(config, task.validation_rows(config, validation_frame), tokenizer),
         data_collator=collator,
         compute_metrics=task.validation_metrics(config),
-        callbacks=[*setup.callbacks, *early_stopping],
+        callbacks=[*setup.callbacks, *early_stopping, StopWhenInterrupted()],
         length_window=train_cfg.length_window,
         # the Trainer's own optimizer class and settings, with the method's parameter groups if it has any
         optimizer_cls_and_kwargs=(optimizer_cls, {**optimizer_kwargs, "params": setup.param_groups})
