@@ -11,12 +11,15 @@ import sys
 from pathlib import Path
 
 from pipeline.config import json_schema, load_config
-from pipeline.errors import DataError, TunegateError
+from pipeline.errors import DataError, Interrupted, TunegateError
 from pipeline.governance import gates
 from pipeline.redaction import redact
 from pipeline.terminal import table
 
 KEY_METRICS = ("test_accuracy", "test_f1_macro")
+# The commands that run a flow in the project: one at a time in a folder (pipeline/project_lock.py).
+RUN_COMMANDS = ("retrain", "continual", "demo")
+INTERRUPTED_EXIT = 130   # 128 + SIGINT, as a shell reports a command that Ctrl-C ended
 # The commands that only read the registry: a user waits for their answer (issue 9: within 3 s).
 READ_COMMANDS = ("models", "lineage")
 
@@ -135,11 +138,23 @@ def _lineage(project_dir: Path, model_uri: str) -> str:
     return format_tree(lineage_chain(connect(config), model_uri))
 
 
+def _check_retrain_config(project_dir: Path, overrides: list[str]) -> None:
+    # A bad params.yaml or -S override fails here, in a second; a wrong model in seconds (torch loads): both
+    # before Prefect and its temporary server start.
+    config = load_config(project_dir, overrides)
+    from pipeline.training.requirements import check_model_settings
+
+    check_model_settings(config)
+
+
 def _check_continual_config(project_dir: Path, overrides: list[str]) -> None:
     config = load_config(project_dir, overrides)
     from pipeline.data.batches import check_labelled   # pandas and scikit-learn: after the config's own checks
+    from pipeline.training.requirements import check_model_settings
 
     check_labelled(config)
+    for extra in config.continual.candidates or [[]]:
+        check_model_settings(load_config(project_dir, [*overrides, *extra]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,6 +168,10 @@ def process_main() -> int:
     command's CPU time. The cycles it leaves uncollected (under 60 KB a listed version) go with the process,
     seconds later; `main` leaves a caller's collector alone."""
     args = _parser().parse_args()
+    if args.command in RUN_COMMANDS:
+        from pipeline.interruption import stop_at_safe_points
+
+        stop_at_safe_points()
     if args.command in READ_COMMANDS:
         gc.disable()
         # before Python's final collection at exit: frozen objects are neither walked nor freed one by one
@@ -160,34 +179,51 @@ def process_main() -> int:
     return _run(args)
 
 
-def _run(args: argparse.Namespace) -> int:
-    try:
+def _run_flow(args: argparse.Namespace) -> None:
+    """A command that runs a flow: its config checked, the project's lock held, the run's own Prefect server."""
+    from pipeline.project_lock import project_lock
+
+    if args.command in ("retrain", "train-node"):
+        _check_retrain_config(args.project_dir, args.overrides)
+    elif args.command in ("continual", "schedule"):
+        _check_continual_config(args.project_dir, args.overrides)   # a bad config fails now, not at 03:00
+    # Without the project's lock: each scheduled run takes it (flows/continual.py), and another node's ranks
+    # join node 0's run, which holds it.
+    if args.command in ("schedule", "train-node"):
+        from flows.server import start_temporary_server
+
+        start_temporary_server()
+        if args.command == "schedule":
+            from flows.schedule import serve
+
+            serve(args.project_dir.resolve(), args.cron, args.interval, args.overrides)
+        else:
+            from flows.train_node import train_node
+
+            print(train_node(str(args.project_dir), args.overrides))
+        return
+    with project_lock(args.project_dir):
+        from flows.server import start_temporary_server
+
+        start_temporary_server()
         if args.command == "retrain":
-            # A bad params.yaml or -S override fails here, in a second, not after Prefect and torch have loaded.
-            load_config(args.project_dir, args.overrides)
             from flows.retrain import retrain
 
             print(retrain(str(args.project_dir), args.overrides))
         elif args.command == "continual":
-            # as retrain: a bad config fails before Prefect loads
-            _check_continual_config(args.project_dir, args.overrides)
             from flows.continual import continual_flow
 
             print(continual_flow(str(args.project_dir.resolve()), args.overrides))
-        elif args.command == "schedule":
-            from flows.schedule import serve
-
-            _check_continual_config(args.project_dir, args.overrides)   # a bad config fails now, not at 03:00
-            serve(args.project_dir.resolve(), args.cron, args.interval, args.overrides)
-        elif args.command == "train-node":
-            load_config(args.project_dir, args.overrides)   # as retrain: a bad config fails before Prefect loads
-            from flows.train_node import train_node
-
-            print(train_node(str(args.project_dir), args.overrides))
-        elif args.command == "demo":
+        else:
             from flows.demo import run_demo
 
             print(run_demo(args.project_dir.resolve()))
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        if args.command in (*RUN_COMMANDS, "schedule", "train-node"):
+            _run_flow(args)
         elif args.command == "models":
             print(_history(args.project_dir) if args.history else _models(args.project_dir))
         elif args.command in ("promote", "rollback"):
@@ -229,6 +265,9 @@ def _run(args: argparse.Namespace) -> int:
             report = audit_file(config, args.path.resolve())
             print(as_text(report))
             return 0 if report.passed else 1
+    except Interrupted as exc:
+        print(f"tunegate: {exc}", file=sys.stderr)
+        return INTERRUPTED_EXIT
     except TunegateError as exc:
         print(f"tunegate: error: {redact(str(exc))}", file=sys.stderr)
         return 1

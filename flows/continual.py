@@ -27,6 +27,8 @@ from pipeline.governance.registration import RunExtras, record_rejection
 from pipeline.governance.store import connect
 from pipeline.governance.versions import (CANDIDATE, RegisteredVersion, VersionRow, champion_row, download_model,
                                           list_versions)
+from pipeline.interruption import stop_if_requested
+from pipeline.project_lock import project_lock
 from pipeline.tasks import evaluate_run
 from pipeline.training.distributed import launch_training
 from pipeline.training.loop import TrainResult, run_dir
@@ -186,7 +188,9 @@ def continual_step(project_dir: str = ".", overrides: list[str] | None = None) -
     except (AuditFailed, DataError, DriftFailed) as rejected:   # DataError: a batch file the audit cannot read
         step = "drift" if isinstance(rejected, DriftFailed) else "audit"
         raise type(rejected)(f"{rejected}\n{quarantine_task(config, batch, step, str(rejected))}") from rejected
+    stop_if_requested()   # Ctrl-C: between steps (pipeline/interruption.py), and in training after a step
     data_version = pool_task(config, batch)
+    stop_if_requested()
 
     evaluated = [batches.with_earlier_tasks(candidate, tasks) for candidate in candidates]
     trained = [train_candidate_task.submit(candidate, data_version, batch.name, tasks, champion)
@@ -195,6 +199,9 @@ def continual_step(project_dir: str = ".", overrides: list[str] | None = None) -
                    for candidate, run in zip(evaluated, trained)]
     warm_start = champion is not None and config.train.init == "champion"
     code = lineage.git_state(config.project_dir)
+    for evaluation in evaluations:
+        evaluation.wait()
+    stop_if_requested()   # the last: registration and promotion are not stopped halfway
     extras = RunExtras(tags=batches.lineage_tags(batch, tasks), artifacts=[drift_report.path])
     versions = [register_task(candidate, code, data_version, run.result(), evaluation.result(), report,
                               champion.uri if warm_start else None, extras)
@@ -243,4 +250,5 @@ def task_runner(config: Config):
 def continual_flow(project_dir: str = ".", overrides: list[str] | None = None) -> ContinualSummary:
     """What `tunegate continual`, the schedule and prefect.yaml run: the step on the task runner params.yaml asks for."""
     config = load_config(Path(project_dir), overrides or [])
-    return continual_step.with_options(task_runner=task_runner(config))(project_dir, overrides)
+    with project_lock(config.project_dir):   # a scheduled run's own; the CLI's, held already, for `tunegate continual`
+        return continual_step.with_options(task_runner=task_runner(config))(project_dir, overrides)

@@ -25,6 +25,7 @@ from pipeline.governance.registration import (RunExtras, finish_version, registe
 from pipeline.governance.store import connect
 from pipeline.governance.versions import CANDIDATE, RegisteredVersion, VersionRow
 from pipeline.data.split import read_split, split_paths
+from pipeline.interruption import stop_if_requested
 from pipeline.preflight import run_preflight
 from pipeline.tasks import evaluate_run, report_dir
 from pipeline.terminal import table
@@ -172,17 +173,21 @@ def retrain(project_dir: str = ".", overrides: list[str] | None = None) -> Retra
     audit_dir = work_config.path(work_config.audit.report_dir)
     report = audit_task.with_options(
         refresh_cache=not ((audit_dir / "audit.json").is_file() and (audit_dir / "audit.html").is_file()))(work_config)
+    stop_if_requested()   # Ctrl-C: between steps (pipeline/interruption.py), and in training after a step
     data_version = split_task(work_config)
+    stop_if_requested()
     # A cached result whose files are gone is refreshed: trained (or evaluated) again.
     output_dir = run_dir(work_config, data_version.version)
     trained_state = train_task.with_options(retries=config.train.retries,
                                             refresh_cache=not (output_dir / "model").is_dir())(
         work_config, data_version, return_state=True)
     trained = trained_state.result()
+    stop_if_requested()
     evaluation_state = evaluate_task.with_options(
         refresh_cache=not (report_dir(work_config, output_dir) / "evaluation.json").is_file())(
         work_config, trained, return_state=True)
     evaluation = evaluation_state.result()
+    stop_if_requested()   # the last: registration, promotion and the model card are not stopped halfway
     same = same_version_task(config, code, data_version)
     if same is not None:
         cached = " and ".join(name for name, state in (("training", trained_state), ("evaluation", evaluation_state))

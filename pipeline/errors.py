@@ -40,3 +40,11 @@ class PromotionError(TunegateError):
 
 class DriftFailed(TunegateError):
     """A new data batch drifted past an error-severity threshold; the run stops before training."""
+
+
+class ProjectBusy(TunegateError):
+    """Another run holds the project's lock: two runs in one folder would race on DVC, outputs and the registry."""
+
+
+class Interrupted(TunegateError):
+    """Ctrl-C stopped the run at a safe point, before anything was registered; the CLI exits 130."""

@@ -13,6 +13,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,13 +25,14 @@ from pipeline.data import batches
 
 from pipeline.governance import gates, lineage
 from pipeline.governance.aliases import AliasMove, alias_history
-from pipeline.governance.registration import card_description
+from pipeline.governance.registration import REGISTRATION_TMP, card_description
 from pipeline.governance.serving import MODEL_ARTIFACT
 from pipeline.governance.store import connect, tracking_uri
 from pipeline.governance.versions import (MODEL_CARD_ARTIFACT, REASON_TAG, REPORTS_DIR, VersionRow, list_versions,
                                           registered_model_dir)
 from pipeline.config import load_config
 from pipeline.governance.promotion import DECISION_RECORD, FLOW_DECISION
+from pipeline.training.loop import TRAINER_STATE
 from tests.conftest import REPO, free_port, healthy, make_project, wait_for
 from tests.kill_at import KILLED_AT
 
@@ -56,6 +58,7 @@ CHECKPOINT_STEPS = 5
 BATCH = "electronics"
 # registered, decided against the champion (its numbers logged in the run), the alias not moved
 CONTINUAL_KILL = Step("promotion", "pipeline.governance.promotion:move_alias", "before")
+WEIGHTS = "model.safetensors"
 
 
 @dataclass(frozen=True)
@@ -252,3 +255,120 @@ def test_a_continual_step_killed_before_its_alias_moved_leaves_its_batch_to_the_
     assert decision["champion"]["version"] == "1"
     # decided again on the version's own numbers, not on the champion's the killed run logged beside them
     assert not [gate["name"] for gate in decision["gates"] if gate["name"].startswith(gates.CHAMPION_PREFIX)]
+
+
+# --- the run's own temporary Prefect server: Ctrl-C, then SIGKILL ---------------------------------------------------
+
+# MLflow has copied the model into its temporary folder and not yet logged it
+MODEL_LOGGING = Step("model logging", "mlflow.models.model:Model.get_serving_input", "before")
+INTERRUPTED = re.compile(r"^tunegate: interrupted; nothing registered; run again to resume from checkpoint (\d+)$")
+
+
+def _temporary_servers(prefect_home: Path) -> set[int]:
+    """The PIDs of the temporary Prefect servers that runs with this PREFECT_HOME started, alive now."""
+    found = set()
+    for process in Path("/proc").glob("[0-9]*"):
+        try:
+            command = (process / "cmdline").read_bytes()
+            environment = (process / "environ").read_bytes().split(b"\0")
+        except OSError:   # ended meanwhile
+            continue
+        if b"prefect.server.api.server:create_app" in command and f"PREFECT_HOME={prefect_home}".encode() in environment:
+            found.add(int(process.name))
+    return found
+
+
+def _no_server_within_seconds(prefect_home: Path) -> bool:
+    deadline = time.monotonic() + 15
+    while _temporary_servers(prefect_home):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+    return True
+
+
+@pytest.fixture(scope="module")
+def own_server(tmp_path_factory) -> dict:
+    """Runs that start their own temporary Prefect server (no PREFECT_API_URL), as a user's `tunegate retrain` does:
+    one stopped in training by a terminal's Ctrl-C (SIGINT to its process group); the same run again, SIGKILLed while
+    MLflow logs its model; and again, to its end. The system's temporary folder is the test's own; the project under
+    "project", that folder under "tmp"."""
+    root = tmp_path_factory.mktemp("own-server")
+    (root / "tmp").mkdir()
+    env = {**os.environ, "PREFECT_HOME": str(root / "prefect"), "PREFECT_LOGGING_LEVEL": "INFO",
+           "TMPDIR": str(root / "tmp")}
+    env.pop("PREFECT_API_URL", None)
+    runner = Runner(env)
+    try:
+        project = make_project(root / "project", split={"max_train_rows": TRAIN_ROWS}, model={"max_length": 64},
+                               train={"epochs": 3, "eval_steps": CHECKPOINT_STEPS, "save_steps": CHECKPOINT_STEPS})
+        log = root / "retrain-interrupted.log"
+        with log.open("w") as output:
+            process = subprocess.Popen([sys.executable, "-m", "flows.cli", "--project-dir", str(project), "retrain"],
+                                       cwd=REPO, env=env, stdout=output, stderr=subprocess.STDOUT,
+                                       start_new_session=True)
+        first = f"*/checkpoints/checkpoint-{CHECKPOINT_STEPS}/{TRAINER_STATE}"
+        wait_for(lambda: any((project / "outputs/train").glob(first)), 300, "the first checkpoint", [process],
+                 poll_s=0.2)
+        sessions = [os.getsid(pid) for pid in _temporary_servers(root / "prefect")]
+        os.killpg(process.pid, signal.SIGINT)   # a terminal's Ctrl-C: to the whole foreground process group
+        started = time.monotonic()
+        returncode = process.wait(timeout=300)
+        seconds = time.monotonic() - started
+        text = log.read_text()
+        interrupted = Run(returncode, text, _versions(project), [], None, False)
+        servers = {"interrupted": _no_server_within_seconds(root / "prefect")}
+        observed = {"interrupted": interrupted}
+        for name, step in (("killed", MODEL_LOGGING), ("finished", None)):
+            observed[name] = runner(project, "retrain", step)
+            servers[name] = _no_server_within_seconds(root / "prefect")
+            if name == "killed":   # MLflow's copy of the model, that the kill left
+                copies = list((project / "outputs/train").glob(f"*/{REGISTRATION_TMP}/**/{WEIGHTS}"))
+    finally:
+        runner.close()
+    return {**observed, "project": project, "tmp": root / "tmp", "seconds": seconds, "sessions": sessions,
+            "run_session": process.pid, "servers_gone": servers, "copies": copies}
+
+
+def _versions(project: Path) -> dict[str, VersionRow]:
+    """The registered versions; none where no run has made the store yet."""
+    config = load_config(project)
+    if not Path(tracking_uri(config).removeprefix("sqlite:///")).is_file():
+        return {}
+    return {row.version: row for row in list_versions(connect(config))}
+
+
+def test_ctrl_c_stops_training_after_a_step_registers_nothing_and_exits_130(own_server):
+    run = own_server["interrupted"]
+    assert run.returncode == 130, run.log[-3000:]
+    lines = [line for line in run.log.splitlines() if line.startswith("tunegate:")]
+    assert len(lines) == 1 and INTERRUPTED.match(lines[0]), run.log[-3000:]   # one line, with the checkpoint
+    assert int(INTERRUPTED.match(lines[0])[1]) >= CHECKPOINT_STEPS   # the run started again resumes from it (below)
+    assert not run.versions   # nothing registered
+    assert own_server["seconds"] < 60
+    # its server, in a session of its own, outlived the process group's SIGINT: the run reported to it to its end
+    assert len(own_server["sessions"]) == 1 and own_server["sessions"][0] != own_server["run_session"]
+    assert "Unable to connect" not in run.log and "ConnectError" not in run.log
+    assert own_server["servers_gone"]["interrupted"]   # and it stopped when the run ended
+
+
+def test_a_run_started_again_resumes_from_the_checkpoint_ctrl_c_named(own_server):
+    checkpoint = re.search(r"run again to resume from checkpoint (\d+)", own_server["interrupted"].log)[1]
+    assert re.search(rf"resumed from \S+/checkpoint-{checkpoint}\b", own_server["killed"].log)
+
+
+def test_a_run_killed_leaves_no_server_and_no_model_copy_in_the_system_temp_folder(own_server):
+    killed = own_server["killed"]
+    assert killed.returncode == -signal.SIGKILL
+    assert killed.log.rstrip().endswith(f"{KILLED_AT} {MODEL_LOGGING.target} ({MODEL_LOGGING.when})")
+    assert own_server["servers_gone"]["killed"]   # its temporary server ended with it: not adopted by init
+    assert not list(own_server["tmp"].rglob(WEIGHTS))
+    assert own_server["copies"]   # MLflow's copy of the model: in the run's folder
+
+
+def test_the_run_after_a_kill_removes_the_model_copy_it_left(own_server):
+    project, finished = own_server["project"], own_server["finished"]
+    assert finished.returncode == 0, finished.log[-3000:]
+    assert list(finished.versions) == ["1"] and finished.versions["1"].finished
+    assert not list((project / "outputs/train").glob(f"*/{REGISTRATION_TMP}"))
+    assert own_server["servers_gone"]["finished"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shutil
+import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +37,7 @@ DESCRIPTION_LIMIT = 5000
 # Where a model card's description ends: what a reviewer decides on comes before it (the decision, metrics,
 # forgetting, bias gaps first), the long tables after it stay in the card's artifact. Markdown shows no comment.
 DESCRIPTION_END = "<!-- the registry's description of the version ends here -->"
+REGISTRATION_TMP = "registration-tmp"   # beside the model folder: MLflow's temporary copies while it logs the model
 
 
 @dataclass(frozen=True)
@@ -116,8 +119,9 @@ def register_candidate(store: Store, candidate: Candidate) -> RegisteredVersion:
     weights = {lineage.WEIGHTS: lineage.weight_files(candidate.model_dir)}
     record = {**candidate.lineage, **weights} if candidate.lineage else {}
     tags = {**candidate.tags, **lineage.as_tags(record or weights)}
-    with _logging_to(store), mlflow.start_run(experiment_id=store.experiment_id,
-                                              run_name=f"{config.train.method}-{candidate.tags.get('params_hash', '')}") as run:
+    run_name = f"{config.train.method}-{candidate.tags.get('params_hash', '')}"
+    with (_temporary_files_in(candidate.model_dir.parent / REGISTRATION_TMP), _logging_to(store),
+          mlflow.start_run(experiment_id=store.experiment_id, run_name=run_name) as run):
         mlflow.log_params(flatten(candidate.params))
         mlflow.log_metrics(candidate.metrics)
         mlflow.set_tags(tags)
@@ -143,6 +147,22 @@ def register_candidate(store: Store, candidate: Candidate) -> RegisteredVersion:
     store.client.update_model_version(version.name, version.version, description=_describe(candidate))
     return RegisteredVersion(version.name, str(version.version), run.info.run_id, candidate.metrics,
                              dict(candidate.tags))
+
+
+@contextmanager
+def _temporary_files_in(folder: Path) -> Iterator[None]:
+    """MLflow copies the model into a temporary folder to log it, as large as the model: here in the run's own
+    folder, not the system's (often memory), where a run killed meanwhile would leave it. Removed after the call,
+    and before it: what a killed registration of this run left."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    system_tmp = tempfile.tempdir
+    tempfile.tempdir = str(folder)
+    try:
+        yield
+    finally:
+        tempfile.tempdir = system_tmp
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @contextmanager

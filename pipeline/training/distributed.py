@@ -26,10 +26,10 @@ import pandas as pd
 import psutil
 import torch
 
-from pipeline import errors
+from pipeline import errors, interruption
 from pipeline.config import Config, DistributedConfig
 from pipeline.errors import ConfigError, EnvironmentProblem, ModelError, TrainingCrashed
-from pipeline.training.loop import TrainResult, train_model
+from pipeline.training.loop import CHECKPOINTS, TrainResult, stop_if_interrupted, train_model
 
 LAUNCH_DIR = "launch"          # under the run's output_dir: the spec, the frames, what each rank reports
 SPEC, RESULT = "spec.json", "result.json"
@@ -90,6 +90,7 @@ def run_torchrun(config: Config, train_frame: pd.DataFrame, validation_frame: pd
                                                "project_dir": str(config.project_dir.resolve()),
                                                "output_dir": str(output_dir.resolve())}))
     returncode, output = _run_until_done(torchrun_command(spread, launch_dir / SPEC), spread)
+    stop_if_interrupted(output_dir / CHECKPOINTS)   # the ranks were stopped: a run started again resumes
     if returncode != 0:
         raise _failure(spread, launch_dir, returncode, output)
     _check_ranks_agree(spread, launch_dir)
@@ -174,6 +175,8 @@ def _run_until_done(command: list[str], spread: DistributedConfig) -> tuple[int,
         for line in process.stdout:
             sys.stderr.write(line)
             tail.append(line)
+            if interruption.requested():   # Ctrl-C reaches this process only (the ranks have their own session)
+                return -signal.SIGINT, "".join(tail)
         return process.wait(), "".join(tail)
     finally:
         _stop_tree(process)

@@ -23,11 +23,13 @@ from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_group
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from pipeline.config import Config, TrainConfig
+from pipeline import interruption
 from pipeline.errors import ConfigError
 from pipeline.training.methods import METHOD_BUILDERS, check_supported
 from pipeline.training.models import base_model_dir, load_tokenizer
 from pipeline.tasks import base_model, task_type
 
+CHECKPOINTS = "checkpoints"   # a run folder's Trainer checkpoints
 TRAINER_STATE = "trainer_state.json"   # the Trainer writes it last: a checkpoint with it is complete
 
 
@@ -189,6 +191,22 @@ def last_checkpoint(checkpoint_dir: Path) -> Path | None:
     return max(complete, key=lambda path: int(path.name.rsplit("-", 1)[1]), default=None)
 
 
+class StopWhenInterrupted(TrainerCallback):
+    """Ctrl-C (pipeline.interruption): training stops at the end of a step, where no checkpoint is being written;
+    a run started again resumes from the last one."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        stop_if_interrupted(Path(args.output_dir))
+
+
+def stop_if_interrupted(checkpoint_dir: Path) -> None:
+    """A safe point of training: Interrupted if Ctrl-C was pressed, naming the checkpoint a new run resumes from."""
+    if interruption.requested():
+        checkpoint = last_checkpoint(checkpoint_dir)
+        interruption.stop_if_requested(f"resume from checkpoint {checkpoint.name.rsplit('-', 1)[1]}"
+                                       if checkpoint else "train from the start")
+
+
 def run_dir(config: Config, data_version: str) -> Path:
     """A run's training folder. Deterministic: a retry or a re-run with the same data and params finds its
     checkpoints here."""
@@ -213,7 +231,7 @@ def train_model(config: Config, train_frame: pd.DataFrame, validation_frame: pd.
     setup = METHOD_BUILDERS[train_cfg.method](base_model(config), train_cfg)
     trainable, total = count_parameters(setup.model)
     bf16 = use_bf16(train_cfg.precision)
-    args = training_arguments(train_cfg, output_dir / "checkpoints", bf16)
+    args = training_arguments(train_cfg, output_dir / CHECKPOINTS, bf16)
     collator = task.collator(tokenizer)   # first: it may give the tokenizer the pad token it pads with
 
     optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, setup.model)
@@ -224,7 +242,7 @@ def train_model(config: Config, train_frame: pd.DataFrame, validation_frame: pd.
         eval_dataset=task.dataset(config, task.validation_rows(config, validation_frame), tokenizer),
         data_collator=collator,
         compute_metrics=task.validation_metrics(config),
-        callbacks=[*setup.callbacks, *early_stopping, *callbacks],
+        callbacks=[*setup.callbacks, *early_stopping, StopWhenInterrupted(), *callbacks],
         length_window=train_cfg.length_window,
         # the Trainer's own optimizer class and settings, with the method's parameter groups if it has any
         optimizer_cls_and_kwargs=(optimizer_cls, {**optimizer_kwargs, "params": setup.param_groups})

@@ -6,12 +6,9 @@ One module per family: layers.py (full, freeze), adapters.py (peft methods).
 """
 from __future__ import annotations
 
-from typing import Callable
-
-from pipeline.config import TrainConfig
 from pipeline.training.methods import adapters, layers
 from pipeline.training.methods.method import BaseModel, MethodSetup, ModelBuilder
-from pipeline.training.models import require_4bit_support
+from pipeline.training.requirements import METHOD_REQUIREMENTS, check_supported
 
 METHOD_BUILDERS: dict[str, ModelBuilder] = {
     "full": layers.build_full,
@@ -24,15 +21,5 @@ METHOD_BUILDERS: dict[str, ModelBuilder] = {
     "qlora": adapters.build_qlora,
 }
 
-# Methods that need hardware or packages a machine may lack: checked before any work starts.
-METHOD_REQUIREMENTS: dict[str, Callable[[], None]] = {"qlora": require_4bit_support}
 
-
-def check_supported(train: TrainConfig) -> None:
-    """Raise ModelError, saying what to do instead, if this machine cannot train with train.method."""
-    requirement = METHOD_REQUIREMENTS.get(train.method)
-    if requirement is not None:
-        requirement()
-
-
-__all__ = ["METHOD_BUILDERS", "BaseModel", "MethodSetup", "ModelBuilder", "check_supported"]
+__all__ = ["METHOD_BUILDERS", "METHOD_REQUIREMENTS", "BaseModel", "MethodSetup", "ModelBuilder", "check_supported"]
