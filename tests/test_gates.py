@@ -3,9 +3,8 @@ from pipeline.governance.gates import Gate, decide, gated_metrics
 
 LOCK = PromotionLockConfig(lease_s=600, wait_s=1200, poll_s=2)
 GATES = GatesConfig(min_accuracy=0.85, min_rouge_l=0.3, champion_tolerance=0.0, max_forgetting=None, max_bias_gap=None,
-                    max_task_forgetting=None, lock=LOCK)
-WITH_ALL = GatesConfig(min_accuracy=0.85, min_rouge_l=0.3, champion_tolerance=0.0, max_forgetting=0.05, max_bias_gap=0.02,
-                       max_task_forgetting=None, lock=LOCK)
+                    max_task_forgetting=None, lock=LOCK, approval="none", approval_timeout=86400, approval_poll_s=10)
+WITH_ALL = GATES.model_copy(update={"max_forgetting": 0.05, "max_bias_gap": 0.02})
 GOOD = {"test_accuracy": 0.9, "forgetting_stsb": 0.01, "eec_gender_gap": 0.005, "eec_race_gap": 0.01,
         "eec_race_p_value": 0.2, "retained_stsb": 0.99}
 
@@ -32,8 +31,7 @@ def test_candidate_must_match_the_champion():
 
 
 def test_tolerance_lets_a_slightly_worse_candidate_through():
-    gates = GatesConfig(min_accuracy=0.85, min_rouge_l=0.3, champion_tolerance=0.02, max_forgetting=None, max_bias_gap=None,
-                        max_task_forgetting=None, lock=LOCK)
+    gates = GATES.model_copy(update={"champion_tolerance": 0.02})
     decision = decide({"test_accuracy": 0.86}, {"test_accuracy": 0.87}, gates)
     assert decision.promote
     assert "− tolerance 0.02" in decision.summary
@@ -72,8 +70,7 @@ def test_gated_metrics_leave_out_the_champions_numbers_a_promotion_logged_beside
 
 def test_each_gate_has_its_value_threshold_baseline_and_outcome_in_the_record():
     champion = {"test_accuracy": 0.88, "forgetting_stsb": 0.02, "eec_gender_gap": 0.001, "eec_race_gap": 0.004}
-    tolerant = GatesConfig(min_accuracy=0.85, min_rouge_l=0.3, champion_tolerance=0.01, max_forgetting=0.05, max_bias_gap=0.02,
-                           max_task_forgetting=None, lock=LOCK)
+    tolerant = WITH_ALL.model_copy(update={"champion_tolerance": 0.01})
     decision = decide({**GOOD, "test_accuracy": 0.86}, champion, tolerant)
     assert decision.gates[:3] == [
         Gate("accuracy_floor", 0.86, 0.85, 0.88, True, "accuracy 0.8600 ≥ floor 0.8500"),

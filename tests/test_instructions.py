@@ -18,7 +18,6 @@ from pipeline.governance import model_card
 from pipeline.governance.registration import Candidate, register_candidate
 from pipeline.governance.store import connect
 from pipeline.audit.checks import audit_raw_data
-from pipeline.config import GatesConfig, PromotionLockConfig
 from pipeline.data.readers import MESSAGES, RESPONSE, read_instructions
 from pipeline.errors import AuditFailed, ConfigError, DataError
 from pipeline.evaluation.suites import load_metric
@@ -28,6 +27,7 @@ from pipeline.data.split import make_splits, read_split, write_splits
 from pipeline.tasks import causal_lm, evaluate_model, task_type
 from pipeline.tasks.causal_lm import chat
 from tests.conftest import REPO, lm_config, load_registered, tiny_llama
+from tests.test_gates import GATES
 
 SYSTEM = "You rewrite sentences in other words, keeping their meaning."
 BUNDLED = REPO / "data/raw/stsb-paraphrase"
@@ -180,10 +180,7 @@ def test_response_loss_of_a_uniform_model_is_log_vocabulary_and_perplexity_its_e
 
 
 def test_free_form_runs_are_gated_on_rouge_l_not_accuracy():
-    gates = GatesConfig(min_accuracy=0.85, min_rouge_l=0.3, champion_tolerance=0.0, max_forgetting=None,
-                        max_bias_gap=None, max_task_forgetting=None,
-                        lock=PromotionLockConfig(lease_s=600, wait_s=1200, poll_s=2))
-    decision = decide({"test_rouge_l": 0.25, "test_perplexity": 9.0}, {"test_rouge_l": 0.2}, gates)
+    decision = decide({"test_rouge_l": 0.25, "test_perplexity": 9.0}, {"test_rouge_l": 0.2}, GATES)
     assert [(g.name, g.passed) for g in decision.gates[:2]] == [("rouge_l_floor", False), ("rouge_l_vs_champion", True)]
     assert decision.gates[0].reason == "ROUGE-L 0.2500 < floor 0.3000" and not decision.promote
 
