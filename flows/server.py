@@ -9,33 +9,22 @@ ends it when the run ends, however it ends. Prefect's clients find and use it (o
 """
 from __future__ import annotations
 
-import ctypes
 import functools
 import os
-import signal
 import subprocess
-import sys
 from types import SimpleNamespace
 
 from prefect.server.api import server as prefect_server
 from prefect.settings import PREFECT_API_URL
 
-PR_SET_PDEATHSIG = 1   # linux/prctl.h
-
-
-def _end_with_parent(parent: int) -> None:
-    """In the server's process, before it runs: SIGTERM when the run's thread that started it ends."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent:   # the run died before the signal was set
-            os._exit(1)
+from pipeline.processes import die_with_parent
 
 
 class _RunOwnedServer(prefect_server.SubprocessASGIServer):
     def _run_uvicorn_command(self) -> subprocess.Popen:
         # Prefect's own command and environment, started with two more options (its module's subprocess only)
         popen = functools.partial(subprocess.Popen, start_new_session=True,
-                                  preexec_fn=functools.partial(_end_with_parent, os.getpid()))
+                                  preexec_fn=functools.partial(die_with_parent, os.getpid()))
         prefect_server.subprocess = SimpleNamespace(Popen=popen)
         try:
             return super()._run_uvicorn_command()

@@ -8,8 +8,8 @@ into one line that names its cause, with every process of the run gone.
 """
 from __future__ import annotations
 
-import ctypes
 import errno
+import functools
 import json
 import os
 import re
@@ -29,6 +29,7 @@ import torch
 from pipeline import errors, interruption
 from pipeline.config import Config, DistributedConfig
 from pipeline.errors import ConfigError, EnvironmentProblem, ModelError, TrainingCrashed
+from pipeline.processes import die_with_parent
 from pipeline.training.loop import CHECKPOINTS, TrainResult, stop_if_interrupted, train_model
 
 LAUNCH_DIR = "launch"          # under the run's output_dir: the spec, the frames, what each rank reports
@@ -39,7 +40,6 @@ STOP_GRACE_S = 15              # torchrun, asked to stop, stops its ranks; after
 OUTPUT_LINES = 400             # torchrun's last lines, kept to find the cause of a failure
 # torchrun's failure summary (torch.distributed.elastic.multiprocessing.errors): the first rank that failed
 ROOT_CAUSE = re.compile(r"Root Cause.*?rank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+)", re.S)
-PR_SET_PDEATHSIG = 1           # prctl(2): the signal a process gets when its parent dies
 
 
 def launch_training(config: Config, train_frame: pd.DataFrame, validation_frame: pd.DataFrame,
@@ -158,18 +158,12 @@ def check_rendezvous(spread: DistributedConfig) -> None:
             time.sleep(1)
 
 
-def die_with_parent() -> None:
-    """In the child before it runs: a SIGTERM when the process that started it dies, so that torchrun (which then
-    stops its ranks) never outlives the run. Linux only; elsewhere the run's own clean-up must do."""
-    if sys.platform == "linux":
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 def _run_until_done(command: list[str], spread: DistributedConfig) -> tuple[int, str]:
     """Run torchrun, its output passed on to ours as it comes; on any way out (an interrupt, a cancelled flow),
     stop it and every rank it started. Returns its exit code and its last lines."""
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                               start_new_session=True, preexec_fn=die_with_parent, env=_rank_environment(spread))
+                               start_new_session=True, preexec_fn=functools.partial(die_with_parent, os.getpid()),
+                               env=_rank_environment(spread))
     tail: deque[str] = deque(maxlen=OUTPUT_LINES)
     try:
         for line in process.stdout:

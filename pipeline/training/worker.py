@@ -20,7 +20,8 @@ from transformers import TrainerCallback
 
 from pipeline.config import Config
 from pipeline.errors import TunegateError
-from pipeline.training.distributed import RANK_ERROR, RANK_REPORT, RESULT, die_with_parent, result_to_json
+from pipeline.processes import die_with_parent
+from pipeline.training.distributed import RANK_ERROR, RANK_REPORT, RESULT, result_to_json
 from pipeline.training.loop import train_model
 
 
