@@ -8,6 +8,7 @@ import gc
 import json
 import re
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 from pipeline.config import json_schema, load_config
@@ -189,20 +190,8 @@ def _run_flow(args: argparse.Namespace) -> None:
         _check_continual_config(args.project_dir, args.overrides)   # a bad config fails now, not at 03:00
     # Without the project's lock: each scheduled run takes it (flows/continual.py), and another node's ranks
     # join node 0's run, which holds it.
-    if args.command in ("schedule", "train-node"):
-        from flows.server import start_temporary_server
-
-        start_temporary_server()
-        if args.command == "schedule":
-            from flows.schedule import serve
-
-            serve(args.project_dir.resolve(), args.cron, args.interval, args.overrides)
-        else:
-            from flows.train_node import train_node
-
-            print(train_node(str(args.project_dir), args.overrides))
-        return
-    with project_lock(args.project_dir):
+    unlocked = args.command in ("schedule", "train-node")
+    with nullcontext() if unlocked else project_lock(args.project_dir):
         from flows.server import start_temporary_server
 
         start_temporary_server()
@@ -214,6 +203,14 @@ def _run_flow(args: argparse.Namespace) -> None:
             from flows.continual import continual_flow
 
             print(continual_flow(str(args.project_dir.resolve()), args.overrides))
+        elif args.command == "schedule":
+            from flows.schedule import serve
+
+            serve(args.project_dir.resolve(), args.cron, args.interval, args.overrides)
+        elif args.command == "train-node":
+            from flows.train_node import train_node
+
+            print(train_node(str(args.project_dir), args.overrides))
         else:
             from flows.demo import run_demo
 
