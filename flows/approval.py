@@ -29,7 +29,7 @@ from pipeline.governance.aliases import AliasMove, alias_history
 from pipeline.governance.model_card import card_summary
 from pipeline.governance.promotion import DECISION_RECORD
 from pipeline.governance.store import connect
-from pipeline.governance.versions import MODEL_CARD_ARTIFACT, REASON_TAG, find_version, read_run_text
+from pipeline.governance.versions import CANDIDATE, MODEL_CARD_ARTIFACT, REASON_TAG, find_version, read_run_text
 
 SETTLE_S = 60   # after the lock is held: moving the alias and tagging the version take seconds
 
@@ -71,6 +71,15 @@ def approval_flow(config: Config, version: str) -> AliasMove:
     get_run_logger().info("%s: %s -> %s (%s by %s: %s)", move.alias, move.from_version or "-", move.to_version,
                           move.action, move.by, move.reason)
     return move
+
+
+def reviewed(config: Config, version: str, alias: str, reason: str) -> tuple[str, str]:
+    """The alias a run ends with, and why: the gates', or, for a `candidate` (gates.approval: required), the
+    reviewer's, once approval_flow has it."""
+    if alias != CANDIDATE:
+        return alias, reason
+    move = approval_flow(config, version)
+    return move.alias, f"{move.action} by {move.by}: {move.reason} (gates: {reason})"
 
 
 def resume(config: Config, version: str, decision: str, reviewer: str | None, reason: str | None) -> AliasMove:

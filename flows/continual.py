@@ -13,7 +13,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.approval import approval_flow, require_server
+from flows.approval import require_server, reviewed
 from flows.retrain import finish_task, register_task, split_task
 from pipeline.audit import checks
 from pipeline.config import Config, load_config
@@ -25,8 +25,7 @@ from pipeline.governance import lineage, promotion
 from pipeline.errors import AuditFailed, DataError, DriftFailed
 from pipeline.governance.registration import RunExtras, record_rejection
 from pipeline.governance.store import connect
-from pipeline.governance.versions import (CANDIDATE, RegisteredVersion, VersionRow, champion_row, download_model,
-                                          list_versions)
+from pipeline.governance.versions import RegisteredVersion, VersionRow, champion_row, download_model, list_versions
 from pipeline.interruption import stop_if_requested
 from pipeline.project_lock import project_lock
 from pipeline.tasks import evaluate_run
@@ -209,13 +208,10 @@ def continual_step(project_dir: str = ".", overrides: list[str] | None = None) -
     promotions = promote_best_task(evaluated[0], versions, data_version, batch.name)
     for candidate, version, evaluation, promoted in zip(evaluated, versions, evaluations, promotions):
         finish_task(candidate, version, data_version, evaluation.result(), report, promoted)
-    outcomes = []
-    for extra, version, promoted in zip(config.continual.candidates or [[]], versions, promotions):
-        alias, reason = promoted.alias, promoted.move.reason if promoted.move else promoted.decision.summary
-        if alias == CANDIDATE:   # gates.approval: required: a reviewer decides
-            move = approval_flow(config, version.version)
-            alias, reason = move.alias, f"{move.action} by {move.by}: {move.reason}"
-        outcomes.append(CandidateOutcome(extra, version.version, {**version.metrics, **promoted.logged}, alias, reason))
+    outcomes = [CandidateOutcome(extra, version.version, {**version.metrics, **promoted.logged},
+                                 *reviewed(config, version.version, promoted.alias,
+                                           promoted.move.reason if promoted.move else promoted.decision.summary))
+                for extra, version, promoted in zip(config.continual.candidates or [[]], versions, promotions)]
     for outcome in outcomes:   # what a scheduled run, which prints no summary, tells whoever reads its log
         logger.info("%s", outcome)
     baseline = promotions[0].baseline

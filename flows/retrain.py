@@ -11,7 +11,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, runtime, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.approval import approval_flow, require_server
+from flows.approval import require_server, reviewed
 from flows.cache import AUDIT_CACHE, EVALUATE_CACHE, TRAIN_CACHE
 from flows.events import publish_alias_moves
 from pipeline.audit import checks
@@ -23,7 +23,7 @@ from pipeline.governance import gates, lineage, promotion
 from pipeline.governance.registration import (RunExtras, finish_version, register_run, unfinished_version,
                                               version_of_run)
 from pipeline.governance.store import connect
-from pipeline.governance.versions import CANDIDATE, RegisteredVersion, VersionRow
+from pipeline.governance.versions import RegisteredVersion, VersionRow
 from pipeline.data.split import read_split, split_paths
 from pipeline.interruption import stop_if_requested
 from pipeline.preflight import run_preflight
@@ -203,10 +203,7 @@ def retrain(project_dir: str = ".", overrides: list[str] | None = None) -> Retra
     version = register_task(config, code, data_version, trained, evaluation, report, parent)
     promoted = promote_task(work_config, version, data_version, evaluation)
     finish_task(config, version, data_version, evaluation, report, promoted)
-    alias, reason = promoted.alias, promoted.decision.summary
-    if alias == CANDIDATE:   # gates.approval: required: a reviewer decides
-        move = approval_flow(config, version.version)
-        alias, reason = move.alias, f"{move.action} by {move.by}: {move.reason} (gates: {reason})"
+    alias, reason = reviewed(config, version.version, promoted.alias, promoted.decision.summary)
     return RetrainSummary(data_version.version, evaluation.metrics, evaluation.path, version.name, version.version,
                           alias, reason, report.summary,
                           [check.headline for check in report.failures], promoted.as_record())
