@@ -11,7 +11,7 @@ import sys
 from contextlib import nullcontext
 from pathlib import Path
 
-from pipeline.config import json_schema, load_config
+from pipeline.config import json_schema, load_config, load_continual_config
 from pipeline.errors import DataError, Interrupted, TunegateError
 from pipeline.governance import gates
 from pipeline.redaction import redact
@@ -149,13 +149,13 @@ def _check_retrain_config(project_dir: Path, overrides: list[str]) -> None:
 
 
 def _check_continual_config(project_dir: Path, overrides: list[str]) -> None:
-    config = load_config(project_dir, overrides)
+    config = load_continual_config(project_dir, overrides)
     from pipeline.data.batches import check_labelled   # pandas and scikit-learn: after the config's own checks
     from pipeline.training.requirements import check_model_settings
 
     check_labelled(config)
     for extra in config.continual.candidates or [[]]:
-        check_model_settings(load_config(project_dir, [*overrides, *extra]))
+        check_model_settings(load_continual_config(project_dir, [*overrides, *extra]))
 
 
 def main(argv: list[str] | None = None) -> int:

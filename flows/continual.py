@@ -16,7 +16,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.approval import require_server, reviewed
 from flows.retrain import finish_task, register_task, split_task
 from pipeline.audit import checks
-from pipeline.config import Config, load_config
+from pipeline.config import Config, load_continual_config
 from pipeline.data import batches, drift
 from pipeline.data.split import read_split, split_paths
 from pipeline.data.versioning import DataVersion, reproduce_splits
@@ -161,10 +161,10 @@ def promote_best_task(config: Config, versions: list[RegisteredVersion], data_ve
 
 @flow(name="continual-step")
 def continual_step(project_dir: str = ".", overrides: list[str] | None = None) -> ContinualSummary:
-    config = load_config(Path(project_dir), overrides or [])
+    config = load_continual_config(Path(project_dir), overrides or [])
     batches.check_labelled(config)
     require_server(config)
-    candidates = [load_config(Path(project_dir), [*(overrides or []), *extra])
+    candidates = [load_continual_config(Path(project_dir), [*(overrides or []), *extra])
                   for extra in config.continual.candidates or [[]]]
     for candidate in candidates:
         check_supported(candidate.train)
@@ -245,6 +245,6 @@ def task_runner(config: Config):
 @flow(name="continual")
 def continual_flow(project_dir: str = ".", overrides: list[str] | None = None) -> ContinualSummary:
     """What `tunegate continual`, the schedule and prefect.yaml run: the step on the task runner params.yaml asks for."""
-    config = load_config(Path(project_dir), overrides or [])
+    config = load_continual_config(Path(project_dir), overrides or [])
     with project_lock(config.project_dir):   # a scheduled run's own; the CLI's, held already, for `tunegate continual`
         return continual_step.with_options(task_runner=task_runner(config))(project_dir, overrides)

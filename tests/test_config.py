@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from pipeline.config import json_schema, load_config
+from pipeline.config import json_schema, load_config, load_continual_config
 from pipeline.errors import ConfigError
 from tests.conftest import DROP, REPO, make_project
 
@@ -25,6 +25,17 @@ def test_overrides_are_parsed_as_yaml_values():
                                 "train.lora.target_modules=[query, value]"])
     assert (config.train.method, config.train.epochs, config.train.method_learning_rate) == ("full", 2.0, 2e-5)
     assert config.train.lora.target_modules == ["query", "value"]
+
+
+def test_a_continual_step_trains_with_continual_overrides_under_the_users_own(tmp_path: Path):
+    project = make_project(tmp_path / "project", parts=(),
+                           continual={"overrides": ["train.l2sp=0.5", "train.learning_rate.lora=5e-4"]})
+    assert load_config(project).train.l2sp == 0.0, "a retrain does not read them"
+    step = load_continual_config(project)
+    assert (step.train.l2sp, step.train.method_learning_rate, step.train.init) == (0.5, 5e-4, "champion")
+    assert load_continual_config(project, ["train.l2sp=0.1"]).train.l2sp == 0.1
+    with pytest.raises(ConfigError, match="train.l2sp"):
+        load_continual_config(project, ["continual.overrides=[train.l2sp=-1]"])
 
 
 def test_params_hash_changes_with_any_value_and_only_then():

@@ -175,6 +175,18 @@ def test_bf16_autocast_trains_on_the_cpu_and_saves_fp32_weights(tmp_path):
     assert loss == pytest.approx(trained.validation_metrics["loss"], rel=1e-2)
 
 
+def test_l2sp_keeps_the_trained_weights_closer_to_where_training_started(tmp_path):
+    train, validation = sst2_rows("train", 64), sst2_rows("dev", 32)
+    distance = {}
+    for l2sp in (0.0, 1.0e4):
+        config = tiny_config(tmp_path / f"project-{l2sp}", method="full", precision="fp32", l2sp=l2sp,
+                             layers={"freeze_lowest": 0, "lr_decay": 1.0, "unfreeze_every": 0, "unfreeze_unit": "steps"})
+        trained = weights(train_model(config, train, validation, tmp_path / f"train-{l2sp}").model_dir)
+        distance[l2sp] = sum(float(((trained[name] - start) ** 2).sum()) for name, start in base_weights().items())
+    assert distance[0.0] > 0
+    assert distance[1.0e4] < 0.5 * distance[0.0], distance
+
+
 def test_length_grouped_batches_come_in_random_order_longest_first_short_last():
     lengths = [(i * 7919) % 97 + 1 for i in range(1000)]   # 1,000 texts of 1 to 97 tokens, in no order
     torch.manual_seed(0)

@@ -87,6 +87,12 @@ def load_config(project_dir: str | Path = ".", overrides: list[str] | tuple[str,
         raise ConfigError(_describe(exc)) from exc
 
 
+def load_continual_config(project_dir: str | Path = ".", overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """A continual step's config: continual.overrides (its warm start and how it trains) under the given ones."""
+    step = load_config(project_dir, overrides).continual.overrides
+    return load_config(project_dir, [*step, *overrides])
+
+
 def apply_task_defaults(raw: dict[str, Any]) -> None:
     """The chosen task type's `defaults` (its base model, gates, learning rates...) over params.yaml's values."""
     task = raw.get("task")

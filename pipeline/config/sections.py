@@ -225,7 +225,7 @@ class DistributedConfig(Section):
 
 class TrainConfig(Section):
     method: Method
-    init: Literal["base", "champion"]   # base: model.base; champion: the registry's champion (warm start)
+    init: Literal["base", "champion"]   # a continual step's start: model.base, or the registry's champion
     seed: int
     epochs: Positive
     batch_size: PositiveInt
@@ -236,6 +236,7 @@ class TrainConfig(Section):
     warmup_ratio: Annotated[Number, Field(ge=0, lt=1)]
     lr_scheduler: Literal["linear", "cosine", "constant_with_warmup"]   # transformers SchedulerType names
     max_grad_norm: Positive
+    l2sp: NonNegative                           # L2-SP weight: pull toward the starting weights (0: off)
     eval_steps: PositiveInt
     save_steps: PositiveInt
     save_total_limit: PositiveInt
@@ -386,5 +387,6 @@ class ContinualConfig(Section):
     initial_task: str                   # name of the data section's task among the earlier tasks
     replay_share: Annotated[Number, Field(ge=0, lt=1)]
     drift: DriftConfig
+    overrides: list[Override]           # every step's, under -S and a candidate's: its warm start, its training
     candidates: list[list[Override]]    # each a list of overrides; []: one candidate, params as they are
     dask_address: str | None            # an existing Dask scheduler; null: a local cluster

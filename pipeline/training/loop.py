@@ -108,12 +108,20 @@ class ShuffledLengthGroupedSampler(LengthGroupedSampler):
         return iter([i for batch in [*first, *(middle[j] for j in order), *last] for i in batch])
 
 
-class LengthGroupedTrainer(Trainer):
-    """The transformers Trainer, drawing its training batches from ShuffledLengthGroupedSampler."""
+class TunegateTrainer(Trainer):
+    """The transformers Trainer, drawing its training batches from ShuffledLengthGroupedSampler and, with
+    train.l2sp > 0, adding L2-SP (Li, Grandvalet & Davoine 2018) to the training loss: l2sp / 2 times the squared
+    distance of the trained parameters from where training started (model.base, or the champion in a warm start).
+    Fine-tuning then moves the weights only as far as the task pays for, and forgets less of what they knew
+    (benchmarks/frontier.py). An adapter starts from zero (LoRA's B) or its initialisation: the penalty shrinks it."""
 
-    def __init__(self, *args, length_window: int, **kwargs):
+    def __init__(self, *args, length_window: int, l2sp: float, **kwargs):
         super().__init__(*args, **kwargs)
         self.length_window = length_window
+        self.l2sp = l2sp
+        # Every parameter, not only those trained now: progressive unfreezing trains more of them later.
+        self.anchors = ({name: param.detach().clone() for name, param in self.model.named_parameters()}
+                        if l2sp else {})
 
     def _get_train_sampler(self, train_dataset=None):
         sampler = super()._get_train_sampler(train_dataset)
@@ -121,6 +129,20 @@ class LengthGroupedTrainer(Trainer):
             seed = self.args.data_seed if self.args.world_size > 1 else None
             return ShuffledLengthGroupedSampler(sampler.batch_size, sampler.lengths, self.length_window, seed)
         return sampler
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        result = super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                      num_items_in_batch=num_items_in_batch)
+        if not self.anchors or not model.training:   # evaluation scores the task alone
+            return result
+        loss, outputs = result if return_outputs else (result, None)
+        loss = loss + self.l2sp / 2 * self.distance_from_start()
+        return (loss, outputs) if return_outputs else loss
+
+    def distance_from_start(self) -> torch.Tensor:
+        """Squared L2 distance of the parameters being trained from their values when training started."""
+        return sum(((param - self.anchors[name]) ** 2).sum()
+                   for name, param in self.model.named_parameters() if param.requires_grad)
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
@@ -236,14 +258,14 @@ def train_model(config: Config, train_frame: pd.DataFrame, validation_frame: pd.
 
     optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, setup.model)
     early_stopping = [EarlyStoppingCallback(train_cfg.early_stopping_patience)] if train_cfg.early_stopping_patience else []
-    trainer = LengthGroupedTrainer(
+    trainer = TunegateTrainer(
         model=setup.model, args=args,
         train_dataset=task.dataset(config, train_frame, tokenizer),
         eval_dataset=task.dataset(config, task.validation_rows(config, validation_frame), tokenizer),
         data_collator=collator,
         compute_metrics=task.validation_metrics(config),
         callbacks=[*setup.callbacks, *early_stopping, StopWhenInterrupted(), *callbacks],
-        length_window=train_cfg.length_window,
+        length_window=train_cfg.length_window, l2sp=train_cfg.l2sp,
         # the Trainer's own optimizer class and settings, with the method's parameter groups if it has any
         optimizer_cls_and_kwargs=(optimizer_cls, {**optimizer_kwargs, "params": setup.param_groups})
         if setup.param_groups else None,
