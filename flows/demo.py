@@ -29,28 +29,27 @@ BATCH_ROWS = 600   # reviews of the batch, half of each label: a step in minutes
 # Small enough for a CPU: the champion trains on 2,000 SST-2 rows (accuracy ~0.81, hence the lower floor);
 # texts are cut at 64 tokens (reviews run to hundreds: at 128, a step's training takes 4x longer).
 DEMO_PARAMS = {"split": {"max_train_rows": 2000}, "gates": {"min_accuracy": 0.75}, "model": {"max_length": 64},
-               "train": {"init": "champion"},
                "continual": {"candidates": [["continual.replay_share=0.5"], ["continual.replay_share=0.0"]]}}
 
 
-def prepare(project_dir: Path) -> Path:
-    """A fresh demo project: the bundled data, dvc.yaml, params.yaml with the demo's settings, a DVC repo."""
-    demo = project_dir / DEMO_DIR
-    shutil.rmtree(demo, ignore_errors=True)
+def new_project(project_dir: Path, target: Path, changes: dict[str, dict]) -> Path:
+    """A fresh project at target: the bundled data, dvc.yaml, params.yaml with the changes (section -> values), a
+    tracking store and a DVC repo of its own."""
+    shutil.rmtree(target, ignore_errors=True)
     for relative in COPIED:
         source = project_dir / relative
-        (demo / relative).parent.mkdir(parents=True, exist_ok=True)
+        (target / relative).parent.mkdir(parents=True, exist_ok=True)
         if source.is_dir():
-            shutil.copytree(source, demo / relative, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(source, target / relative, ignore=shutil.ignore_patterns("__pycache__"))
         else:
-            shutil.copy2(source, demo / relative)
+            shutil.copy2(source, target / relative)
     params = yaml.safe_load((project_dir / PARAMS_FILE).read_text(encoding="utf-8"))
-    for section, values in DEMO_PARAMS.items():
+    for section, values in changes.items():
         params[section].update(values)
-    params["registry"]["tracking_uri"] = "sqlite:///mlflow/mlflow.db"   # the demo's own store, whatever the project's
-    (demo / PARAMS_FILE).write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
-    init_repo(demo)
-    return demo
+    params["registry"]["tracking_uri"] = "sqlite:///mlflow/mlflow.db"   # its own store, whatever the project's
+    (target / PARAMS_FILE).write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    init_repo(target)
+    return target
 
 
 def outcome_table(summary: ContinualSummary, champion_metrics: dict[str, float], seconds: float) -> str:
@@ -68,7 +67,8 @@ def outcome_table(summary: ContinualSummary, champion_metrics: dict[str, float],
 
 
 def run_demo(project_dir: Path) -> str:
-    demo = prepare(project_dir)
+    demo = project_dir / DEMO_DIR
+    new_project(project_dir, demo, DEMO_PARAMS)
     first = retrain(str(demo))
     if first.alias != "champion":
         return f"The SST-2 model did not become champion ({first.reason}); the demo needs one.\n{first}"
