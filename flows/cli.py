@@ -11,7 +11,7 @@ import sys
 from contextlib import nullcontext
 from pathlib import Path
 
-from pipeline.config import json_schema, load_config, load_continual_config
+from pipeline.config import json_schema, load_config, load_continual_config, profile_overrides
 from pipeline.errors import DataError, Interrupted, TunegateError
 from pipeline.governance import gates
 from pipeline.redaction import redact
@@ -25,13 +25,19 @@ INTERRUPTED_EXIT = 130   # 128 + SIGINT, as a shell reports a command that Ctrl-
 READ_COMMANDS = ("models", "lineage")
 
 
+def _add_overrides(command: argparse.ArgumentParser, help: str) -> None:
+    command.add_argument("-P", "--profile", type=Path, metavar="FILE",
+                         help="a params profile: its `section.key: value` lines over params.yaml, under -S "
+                              "(e.g. params-full.yaml, the full-quality profile)")
+    command.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tunegate", description="Audited, versioned, gated fine-tuning.")
     parser.add_argument("--project-dir", default=".", type=Path, help="folder with params.yaml (default: .)")
     commands = parser.add_subparsers(dest="command", required=True)
     retrain = commands.add_parser("retrain", help="audit, split, train, evaluate, register and promote")
-    retrain.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                         help="override a params.yaml value for this run, e.g. -S train.method=full")
+    _add_overrides(retrain, "override a params.yaml value for this run, e.g. -S train.method=full")
     models = commands.add_parser("models", help="registered versions with aliases and key metrics")
     models.add_argument("--history", action="store_true",
                         help="every alias move instead, oldest first: flow decisions, overrides, rollbacks")
@@ -46,18 +52,15 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("--reason", help="why, for the alias history (required)")
         command.add_argument("--by", default=None, help="who, for the alias history (default: your login name)")
     step = commands.add_parser("continual", help="one continual step: learn the next new batch of continual.incoming")
-    step.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                      help="override a params.yaml value for this run")
+    _add_overrides(step, "override a params.yaml value for this run")
     schedule = commands.add_parser("schedule", help="serve the continual step as a Prefect deployment on a schedule")
     when = schedule.add_mutually_exclusive_group(required=True)
     when.add_argument("--cron", help='a cron schedule, e.g. "0 3 * * 1" (Mondays at 03:00)')
     when.add_argument("--interval", type=float, metavar="SECONDS", help="run every SECONDS instead")
-    schedule.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                          help="override a params.yaml value for every scheduled run")
+    _add_overrides(schedule, "override a params.yaml value for every scheduled run")
     node = commands.add_parser("train-node", help="another machine of a multi-node training run: its ranks "
                                                   "(train.distributed; node 0 runs retrain)")
-    node.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                      help="override a params.yaml value, e.g. -S train.distributed.node_rank=1")
+    _add_overrides(node, "override a params.yaml value, e.g. -S train.distributed.node_rank=1")
     demo = commands.add_parser("demo", help="run a story on the bundled data")
     demo.add_argument("story", choices=["continual"], help="continual: SST-2 champion, then electronics reviews")
     evaluate = commands.add_parser("evaluate", help="evaluate a registered version or a local model directory")
@@ -184,6 +187,8 @@ def _run_flow(args: argparse.Namespace) -> None:
     """A command that runs a flow: its config checked, the project's lock held, the run's own Prefect server."""
     from pipeline.project_lock import project_lock
 
+    if args.profile:
+        args.overrides = [*profile_overrides(args.profile), *args.overrides]
     if args.command in ("retrain", "train-node"):
         _check_retrain_config(args.project_dir, args.overrides)
     elif args.command in ("continual", "schedule"):

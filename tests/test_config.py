@@ -1,12 +1,14 @@
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from pydantic import ValidationError
 
-from pipeline.config import json_schema, load_config, load_continual_config
+from pipeline.config import json_schema, load_config, load_continual_config, profile_overrides
 from pipeline.errors import ConfigError
 from tests.conftest import DROP, REPO, make_project
 
@@ -88,6 +90,32 @@ def test_bad_params_file_names_the_missing_key(tmp_path: Path):
 def test_missing_params_file_says_where_it_looked(tmp_path: Path):
     with pytest.raises(ConfigError, match=f"No params.yaml in {tmp_path}"):
         load_config(tmp_path)
+
+
+def test_the_full_quality_profile_sets_its_values_and_minus_s_wins_over_it():
+    profile = yaml.safe_load((REPO / "params-full.yaml").read_text(encoding="utf-8"))
+    config = load_config(REPO, profile_overrides(REPO / "params-full.yaml")).as_dict()
+    for key, value in profile.items():
+        section, *path = key.split(".")
+        node = config[section]
+        for part in path:
+            node = node[part]
+        assert node == value, key
+    assert load_config(REPO, [*profile_overrides(REPO / "params-full.yaml"), "train.epochs=1"]).train.epochs == 1
+
+
+@pytest.mark.parametrize(("profile", "message"), [
+    ("nope.yaml", "Cannot read the params profile nope.yaml: No such file or directory."),
+    ("bad.yaml", "must be a mapping of `section.key: value` lines"),
+])
+def test_cli_rejects_a_bad_profile_before_loading_prefect_or_torch(tmp_path: Path, profile: str, message: str):
+    (tmp_path / "bad.yaml").write_text("train:\n  epochs: 2\n", encoding="utf-8")
+    script = ("import sys; from flows.cli import main; code = main(['--project-dir', sys.argv[1], 'retrain', "
+              "'-P', sys.argv[2]]); print(code, sorted(m for m in ('torch', 'prefect', 'mlflow') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", script, str(REPO), profile], capture_output=True, text=True,
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.stdout.split() == ["1", "[]"]
+    assert message in done.stderr
 
 
 def test_cli_rejects_a_bad_override_before_loading_prefect_or_torch():

@@ -6,7 +6,7 @@ The schema is the section models in `sections` (types, ranges, allowed values, c
 """
 from pipeline.config.loading import (DVC_VERSIONED_SECTIONS, PARAMS_FILE, Config, apply_override,
                                      apply_task_defaults, json_schema, load_config,
-                                     load_continual_config)
+                                     load_continual_config, profile_overrides)
 from pipeline.config.sections import (METHODS, AuditChecks, AuditConfig, BiasConfig, CausalLmConfig, Check,
                                       ContinualConfig, Count, CounterfactualAttribute, CounterfactualConfig,
                                       DataConfig, DataFormat, DistributedConfig, DriftConfig, EarlierTask, EvaluateConfig, GatesConfig,
@@ -20,7 +20,7 @@ from pipeline.config.sections import (METHODS, AuditChecks, AuditConfig, BiasCon
 __all__ = [
     # loading
     "DVC_VERSIONED_SECTIONS", "PARAMS_FILE", "Config", "apply_override", "apply_task_defaults", "json_schema",
-    "load_config", "load_continual_config",
+    "load_config", "load_continual_config", "profile_overrides",
     # sections: value types
     "METHODS", "Count", "DataFormat", "Method", "Names", "NonNegative", "Number", "OpenShare", "Override", "Positive",
     "PositiveInt", "Severity", "Share",

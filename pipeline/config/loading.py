@@ -93,6 +93,20 @@ def load_continual_config(project_dir: str | Path = ".", overrides: list[str] | 
     return load_config(project_dir, [*step, *overrides])
 
 
+def profile_overrides(path: Path) -> list[str]:
+    """A params profile (params-full.yaml): a mapping of `section.key: value`, as -S overrides."""
+    try:
+        profile = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"Cannot read the params profile {path}: {exc.strerror}.") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"The params profile {path} is not valid YAML: {exc}") from exc
+    if not isinstance(profile, dict) or not all(isinstance(key, str) and "." in key for key in profile):
+        raise ConfigError(f"The params profile {path} must be a mapping of `section.key: value` lines, "
+                          f"e.g. `train.method: full`.")
+    return [f"{key}={json.dumps(value)}" for key, value in profile.items()]
+
+
 def apply_task_defaults(raw: dict[str, Any]) -> None:
     """The chosen task type's `defaults` (its base model, gates, learning rates...) over params.yaml's values."""
     task = raw.get("task")
