@@ -346,9 +346,10 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def chromium():
-    """Debian's Chromium, headless, driven through its ChromeDriver by Selenium (.ci/run installs both)."""
+    """Debian's Chromium, headless, driven through its ChromeDriver by Selenium (.ci/run installs both). One per test:
+    a browser left open on a live page (the Prefect UI polls its API) spends half a core until the session ends."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
