@@ -79,11 +79,14 @@ def measure(name: str, overrides: list[str], rows: int | None, out: Path) -> dic
 
 def pareto(points: list[dict[str, object]]) -> list[dict[str, object]]:
     """The settings no other beats on both accuracy and retention, by retention."""
-    front = [p for p in points if not any(q["sst2_test_accuracy"] >= p["sst2_test_accuracy"]
-                                          and q["stsb_retained"] >= p["stsb_retained"] and q is not p
-                                          and (q["sst2_test_accuracy"], q["stsb_retained"])
-                                          != (p["sst2_test_accuracy"], p["stsb_retained"]) for q in points)]
-    return sorted(front, key=lambda p: p["stsb_retained"])
+    def score(point: dict[str, object]) -> tuple[float, float]:
+        return point["sst2_test_accuracy"], point["stsb_retained"]
+
+    def dominated(point: dict[str, object]) -> bool:
+        return any(score(other) != score(point) and all(a >= b for a, b in zip(score(other), score(point)))
+                   for other in points)
+
+    return sorted((point for point in points if not dominated(point)), key=lambda point: point["stsb_retained"])
 
 
 def plot(points: list[dict[str, object]], default: str, path: Path) -> None:
