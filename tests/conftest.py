@@ -44,6 +44,20 @@ TRAINABLE_METHODS = [m for m in METHODS if m != "qlora"]   # qlora needs CUDA (t
 
 SMALL_ROWS = {"train": 400, "dev": 100, "test": 200}
 
+# pytest-xdist (pyproject's addopts) hands each worker a whole file at a time, in collection order. The files that run
+# many whole flows go first, longest first (their times, summed over their tests, on 2 cores: 4 to 1.5 minutes), so
+# that the short files fill in at the end and neither worker finishes the session alone on a long one.
+LONGEST_FIRST = ("test_continual.py", "test_kill_restart.py", "test_distributed.py", "test_lineage.py",
+                 "test_retrain_flow.py", "test_approval.py", "test_training.py", "test_faults.py", "test_secrets.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)   # stable: the other files, and the tests within a file, keep their order
+
 
 def _sst2_head(name: str, rows: int) -> pd.DataFrame:
     """The first rows/2 rows of each label of the repo's SST-2 file `name` (train, dev, test), as read."""
