@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 # uv installs the pinned stack into a fresh .venv in well under a minute where pip takes ~4 (measured on this kind
 # of machine); it reads the system's certificates (--native-tls) and, as pip does, wheels kept on the machine (pip's
 # PIP_FIND_LINKS, e.g. a CPU build of torch). It compiles the bytecode as pip does: where PYTHONDONTWRITEBYTECODE is
-# set (as on CI machines), a process would otherwise compile every module it imports, each time (a test run took
+# set (as on this project's machines), a process would otherwise compile every module it imports, each time (a test run took
 # 1.4x as long).
 ifdef PIP_FIND_LINKS
 export UV_FIND_LINKS ?= $(PIP_FIND_LINKS)
