@@ -53,7 +53,7 @@ def test_params_hash_changes_with_any_value_and_only_then():
     ("train.epoch=2", "unknown key 'epoch'; known keys here:"),
     ("nosuch.key=1", "'nosuch' is not a section"),
     ("train.epochs", "not of the form section.key=value"),
-    ("split.seed=3", "edit it in params.yaml so that dvc.lock records it"),
+    ("split.seed=3", "params.yaml has split.seed: 42; set split.seed: 3 in params.yaml itself, so that dvc.lock"),
     ("train.batch_size=0", "train.batch_size: Input should be greater than 0, got 0"),
     ("gates.max_forgetting=-0.1", "gates.max_forgetting: Input should be greater than or equal to 0, got -0.1"),
     ("gates.max_bias_gap=2", "gates.max_bias_gap: Input should be less than or equal to 1, got 2"),
@@ -92,21 +92,35 @@ def test_missing_params_file_says_where_it_looked(tmp_path: Path):
         load_config(tmp_path)
 
 
-def test_the_full_quality_profile_sets_its_values_and_minus_s_wins_over_it():
+def test_the_full_quality_profile_sets_its_values_and_minus_s_wins_over_it(tmp_path: Path):
+    # the profile needs all of SST-2's rows: params.yaml's split, which DVC versions, must say so
+    project = make_project(tmp_path, parts=(), split={"max_train_rows": None})
     profile = yaml.safe_load((REPO / "params-full.yaml").read_text(encoding="utf-8"))
-    config = load_config(REPO, profile_overrides(REPO / "params-full.yaml")).as_dict()
+    config = load_config(project, profile_overrides(REPO / "params-full.yaml")).as_dict()
     for key, value in profile.items():
         section, *path = key.split(".")
         node = config[section]
         for part in path:
             node = node[part]
         assert node == value, key
-    assert load_config(REPO, [*profile_overrides(REPO / "params-full.yaml"), "train.epochs=1"]).train.epochs == 1
+    assert load_config(project, [*profile_overrides(REPO / "params-full.yaml"), "train.epochs=1"]).train.epochs == 1
+
+
+def test_a_profile_that_needs_another_split_stops_and_says_to_edit_params_yaml():
+    rows = load_config(REPO).split.max_train_rows
+    with pytest.raises(ConfigError, match=rf"Override split.max_train_rows=null \(-S or a -P profile\): .* params.yaml "
+                                          rf"has split.max_train_rows: {rows}; set split.max_train_rows: null in params.yaml itself"):
+        load_config(REPO, profile_overrides(REPO / "params-full.yaml"))
+
+
+def test_a_split_key_may_be_stated_with_the_value_params_yaml_has():
+    assert load_config(REPO, [f"split.seed={load_config(REPO).split.seed}"]) == load_config(REPO)
 
 
 @pytest.mark.parametrize(("profile", "message"), [
     ("nope.yaml", "Cannot read the params profile nope.yaml: No such file or directory."),
     ("bad.yaml", "must be a mapping of `section.key: value` lines"),
+    (str(REPO / "params-full.yaml"), "params.yaml has split.max_train_rows: 20000; set split.max_train_rows: null in params.yaml itself"),
 ])
 def test_cli_rejects_a_bad_profile_before_loading_prefect_or_torch(tmp_path: Path, profile: str, message: str):
     (tmp_path / "bad.yaml").write_text("train:\n  epochs: 2\n", encoding="utf-8")

@@ -117,16 +117,15 @@ def apply_task_defaults(raw: dict[str, Any]) -> None:
 
 
 def apply_override(raw: dict[str, Any], override: str) -> None:
-    """Set one `a.b.c=value` in the raw mapping; the value is parsed as YAML (`2`, `1e-4`, `[a, b]`)."""
+    """Set one `a.b.c=value` in the raw mapping; the value is parsed as YAML (`2`, `1e-4`, `[a, b]`).
+
+    A key of a DVC-versioned section may only be stated with the value params.yaml has: a profile can say which split
+    it needs (params-full.yaml: all rows), and a run stops before any work when params.yaml's split differs."""
     key, sep, value = override.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"Override {override!r} is not of the form section.key=value, e.g. train.epochs=2.")
-    parts = key.strip().split(".")
-    if parts[0] in DVC_VERSIONED_SECTIONS:
-        raise ConfigError(
-            f"Override {key!r}: the {parts[0]!r} section decides the DVC-versioned splits; "
-            f"edit it in {PARAMS_FILE} so that dvc.lock records it."
-        )
+    key = key.strip()
+    parts = key.split(".")
     node = raw
     for i, part in enumerate(parts[:-1]):
         if not isinstance(node.get(part), dict):
@@ -136,9 +135,15 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
         known = ", ".join(sorted(node)) or "none"
         raise ConfigError(f"Override {key!r}: unknown key {parts[-1]!r}; known keys here: {known}.")
     try:
-        node[parts[-1]] = yaml.safe_load(value)
+        parsed = yaml.safe_load(value)
     except yaml.YAMLError as exc:
         raise ConfigError(f"Override {override!r}: the value is not valid YAML ({exc}).") from exc
+    if parts[0] in DVC_VERSIONED_SECTIONS and parsed != node[parts[-1]]:
+        raise ConfigError(
+            f"Override {key}={value} (-S or a -P profile): the {parts[0]!r} section decides the DVC-versioned splits "
+            f"and {PARAMS_FILE} has {key}: {json.dumps(node[parts[-1]])}; set {key}: {value} in {PARAMS_FILE} itself, "
+            f"so that dvc.lock records the split it makes.")
+    node[parts[-1]] = parsed
 
 
 def _describe(exc: ValidationError) -> str:
