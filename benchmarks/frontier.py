@@ -3,12 +3,12 @@
     python -m benchmarks.frontier [--only NAME ...] [--rows N] [--fresh]
 
 Each setting (SETTINGS: params overrides) trains with train_model, as the flow does, on the same split (params.yaml's
-split section, or --rows training rows of it; the full-quality profile names its own split: all rows), then evaluate_model scores the saved model as the registry loads it:
-SST-2 test accuracy and STS-B Spearman of the mean-pooled encoder (retention = candidate / base). Settings run one
-after the other in this process, side by side on one machine; train time is wall and CPU seconds (CPU seconds are
-not inflated by another job on the machine). Each finished setting is written at once to
-benchmarks/results/frontier.json, and a run again skips the settings there with the same overrides and rows
-(--fresh: measure all again). Prints a table; draws benchmarks/results/frontier.png (accuracy against retention,
+split section, or --rows training rows of it; the full-quality profile names its own split: all rows), then
+evaluate_model scores the saved model as the registry loads it: SST-2 test accuracy and STS-B Spearman of the
+mean-pooled encoder (retention = candidate / base). Settings run one after the other in this process, side by side on
+one machine; train time is wall and CPU seconds (CPU seconds are not inflated by another job on the machine). Each
+finished setting is written at once to benchmarks/results/frontier.json, and a run again skips the settings there with
+the same overrides and rows (--fresh: measure all again). Prints a table; draws benchmarks/results/frontier.png (accuracy against retention,
 the Pareto front joined, train time in the labels).
 """
 from __future__ import annotations
@@ -18,11 +18,9 @@ import json
 import time
 from pathlib import Path
 
-import yaml
-
 import pipeline  # noqa: F401,I001  (offline, quiet, OpenMP threads that sleep: before torch loads)
 from benchmarks.sst2_slice import machine, table
-from pipeline.config import load_config, profile_overrides
+from pipeline.config import SplitConfig, apply_override, load_config, profile_overrides
 from pipeline.data.split import make_splits
 from pipeline.tasks import evaluate_model
 from pipeline.training.loop import train_model
@@ -68,12 +66,14 @@ def without_split(overrides: list[str]) -> list[str]:
 
 def measure(name: str, overrides: list[str], rows: int | None, out: Path) -> dict[str, object]:
     # The benchmark splits the data itself, not through DVC: a setting's split keys apply here, --rows over them.
-    split = {key.removeprefix("split."): yaml.safe_load(value)
-             for key, _, value in (override.partition("=") for override in overrides) if key.startswith("split.")}
+    config = load_config(Path.cwd(), [*without_split(overrides), *EVALUATION])
+    split = config.split.model_dump()
+    for override in overrides:
+        if override.startswith("split."):
+            apply_override(split, override.removeprefix("split."))
     if rows is not None:
         split["max_train_rows"] = rows
-    config = load_config(Path.cwd(), [*without_split(overrides), *EVALUATION])
-    config = config.model_copy(update={"split": config.split.model_copy(update=split)})
+    config = config.model_copy(update={"split": SplitConfig.model_validate(split)})
     splits = make_splits(config)
     started = time.perf_counter()
     trained = train_model(config, splits["train"], splits["validation"], out / name.replace(" ", "_"))

@@ -108,8 +108,9 @@ def test_the_full_quality_profile_sets_its_values_and_minus_s_wins_over_it(tmp_p
 
 def test_a_profile_that_needs_another_split_stops_and_says_to_edit_params_yaml():
     rows = load_config(REPO).split.max_train_rows
-    with pytest.raises(ConfigError, match=rf"Override split.max_train_rows=null \(-S or a -P profile\): .* params.yaml "
-                                          rf"has split.max_train_rows: {rows}; set split.max_train_rows: null in params.yaml itself"):
+    with pytest.raises(ConfigError, match=rf"Override split.max_train_rows=null \(-S or a -P profile\): .* "
+                                          rf"params.yaml has split.max_train_rows: {rows}; "
+                                          rf"set split.max_train_rows: null in params.yaml itself"):
         load_config(REPO, profile_overrides(REPO / "params-full.yaml"))
 
 
@@ -120,7 +121,8 @@ def test_a_split_key_may_be_stated_with_the_value_params_yaml_has():
 @pytest.mark.parametrize(("profile", "message"), [
     ("nope.yaml", "Cannot read the params profile nope.yaml: No such file or directory."),
     ("bad.yaml", "must be a mapping of `section.key: value` lines"),
-    (str(REPO / "params-full.yaml"), "params.yaml has split.max_train_rows: 20000; set split.max_train_rows: null in params.yaml itself"),
+    (str(REPO / "params-full.yaml"),
+     "params.yaml has split.max_train_rows: 20000; set split.max_train_rows: null in params.yaml itself"),
 ])
 def test_cli_rejects_a_bad_profile_before_loading_prefect_or_torch(tmp_path: Path, profile: str, message: str):
     (tmp_path / "bad.yaml").write_text("train:\n  epochs: 2\n", encoding="utf-8")
