@@ -8,8 +8,8 @@ evaluate_model scores the saved model as the registry loads it: SST-2 test accur
 mean-pooled encoder (retention = candidate / base). Settings run one after the other in this process, side by side on
 one machine; train time is wall and CPU seconds (CPU seconds are not inflated by another job on the machine). Each
 finished setting is written at once to benchmarks/results/frontier.json, and a run again skips the settings there with
-the same overrides and rows (--fresh: measure all again). Prints a table; draws benchmarks/results/frontier.png (accuracy against retention,
-the Pareto front joined, train time in the labels).
+the same overrides and rows (--fresh: measure all again). Prints a table; draws benchmarks/results/frontier.png
+(accuracy against retention, the Pareto front joined, train time in the labels).
 """
 from __future__ import annotations
 
