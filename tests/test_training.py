@@ -187,6 +187,26 @@ def test_l2sp_keeps_the_trained_weights_closer_to_where_training_started(tmp_pat
     assert distance[1.0e4] < 0.5 * distance[0.0], distance
 
 
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_wise_ft_saves_the_encoder_interpolated_between_the_start_and_the_fine_tuned_weights(tmp_path, method):
+    train, validation = sst2_rows("train", 32), sst2_rows("dev", 32)
+    saved = {}
+    for share in (1.0, 0.25):   # same seed and data: the same fine-tuned weights, then interpolated or not
+        config = tiny_config(tmp_path / f"project-{share}", method=method, precision="fp32", wise_ft=share)
+        saved[share] = weights(train_model(config, train, validation, tmp_path / f"train-{share}").model_dir)
+    start = base_weights()
+    assert any(not torch.equal(saved[1.0][name], weight) for name, weight in start.items()), "training moved it"
+    for name, weight in start.items():   # LoRA's adapter merged first: the whole encoder is interpolated
+        torch.testing.assert_close(saved[0.25][name], torch.lerp(weight, saved[1.0][name], 0.25))
+    head = [name for name in saved[1.0] if name not in start]
+    assert head and all(torch.equal(saved[0.25][name], saved[1.0][name]) for name in head), "the head as trained"
+
+
+def test_wise_ft_is_refused_for_methods_saved_as_adapters(tmp_path):
+    with pytest.raises(ConfigError, match="wise_ft 0.5 interpolates .*method=prompt_tuning .*saves an adapter"):
+        tiny_config(tmp_path, method="prompt_tuning", wise_ft=0.5)
+
+
 def test_length_grouped_batches_come_in_random_order_longest_first_short_last():
     lengths = [(i * 7919) % 97 + 1 for i in range(1000)]   # 1,000 texts of 1 to 97 tokens, in no order
     torch.manual_seed(0)

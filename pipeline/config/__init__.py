@@ -7,23 +7,23 @@ The schema is the section models in `sections` (types, ranges, allowed values, c
 from pipeline.config.loading import (DVC_VERSIONED_SECTIONS, PARAMS_FILE, Config, apply_override,
                                      apply_task_defaults, json_schema, load_config,
                                      load_continual_config, profile_overrides)
-from pipeline.config.sections import (METHODS, AuditChecks, AuditConfig, BiasConfig, CausalLmConfig, Check,
-                                      ContinualConfig, Count, CounterfactualAttribute, CounterfactualConfig,
-                                      DataConfig, DataFormat, DistributedConfig, DriftConfig, EarlierTask, EvaluateConfig, GatesConfig,
-                                      GeneralBenchmark, Ia3Config, LayersConfig, LengthCheck, LoraConfig, MaxGapCheck,
-                                      MaxScoreCheck, MaxShareCheck, Method, MinRowsCheck, MinShareCheck, ModelConfig,
-                                      Names, NonNegative, Number, OpenShare, Override, PairBenchmark, Positive,
-                                      PositiveInt, PreflightConfig, PromotionLockConfig, QloraConfig, RegistryConfig,
-                                      ReproduceConfig, Section, Severity, Share, SplitConfig, TaskConfig, TrainConfig,
-                                      VirtualTokensConfig)
+from pipeline.config.sections import (METHODS, SAVED_AS_ADAPTER, AuditChecks, AuditConfig, BiasConfig, CausalLmConfig,
+                                      Check, ContinualConfig, Count, CounterfactualAttribute, CounterfactualConfig,
+                                      DataConfig, DataFormat, DistributedConfig, DriftConfig, EarlierTask,
+                                      EvaluateConfig, GatesConfig, GeneralBenchmark, Ia3Config, LayersConfig,
+                                      LengthCheck, LoraConfig, MaxGapCheck, MaxScoreCheck, MaxShareCheck, Method,
+                                      MinRowsCheck, MinShareCheck, ModelConfig, Names, NonNegative, Number, OpenShare,
+                                      Override, PairBenchmark, Positive, PositiveInt, PreflightConfig,
+                                      PromotionLockConfig, QloraConfig, RegistryConfig, ReproduceConfig, Section,
+                                      Severity, Share, SplitConfig, TaskConfig, TrainConfig, VirtualTokensConfig)
 
 __all__ = [
     # loading
     "DVC_VERSIONED_SECTIONS", "PARAMS_FILE", "Config", "apply_override", "apply_task_defaults", "json_schema",
     "load_config", "load_continual_config", "profile_overrides",
     # sections: value types
-    "METHODS", "Count", "DataFormat", "Method", "Names", "NonNegative", "Number", "OpenShare", "Override", "Positive",
-    "PositiveInt", "Severity", "Share",
+    "METHODS", "SAVED_AS_ADAPTER", "Count", "DataFormat", "Method", "Names", "NonNegative", "Number", "OpenShare",
+    "Override", "Positive", "PositiveInt", "Severity", "Share",
     # sections: models
     "AuditChecks", "AuditConfig", "BiasConfig", "CausalLmConfig", "Check", "ContinualConfig",
     "CounterfactualAttribute", "CounterfactualConfig", "DataConfig", "DistributedConfig", "DriftConfig", "EarlierTask", "EvaluateConfig",

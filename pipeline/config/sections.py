@@ -13,6 +13,9 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_valida
 # train.method -> a builder in pipeline/training/methods/ (METHOD_BUILDERS); this is what params.yaml may name.
 Method = Literal["full", "freeze", "lora", "dora", "ia3", "prompt_tuning", "prefix_tuning", "qlora"]
 METHODS: tuple[str, ...] = Method.__args__
+# Methods whose registered model is an adapter on the unchanged base (pipeline/training/methods/adapters.py): prompt
+# and prefix tuning add inputs, QLoRA's adapter was trained against 4-bit weights that a merge would re-round.
+SAVED_AS_ADAPTER: tuple[str, ...] = ("prompt_tuning", "prefix_tuning", "qlora")
 # error: a failed check stops the run; warning: it is reported and the run goes on.
 Severity = Literal["error", "warning"]
 
@@ -237,6 +240,7 @@ class TrainConfig(Section):
     lr_scheduler: Literal["linear", "cosine", "constant_with_warmup"]   # transformers SchedulerType names
     max_grad_norm: Positive
     l2sp: NonNegative                           # L2-SP weight: pull toward the starting weights (0: off)
+    wise_ft: Annotated[Number, Field(gt=0, le=1)]   # share of the fine-tuned encoder kept (WiSE-FT; 1: off)
     eval_steps: PositiveInt
     save_steps: PositiveInt
     save_total_limit: PositiveInt
@@ -263,6 +267,10 @@ class TrainConfig(Section):
         if self.save_steps % self.eval_steps:
             raise ValueError(f"save_steps must be a multiple of eval_steps ({self.eval_steps}), got {self.save_steps}: "
                              f"every checkpoint needs its validation score for the best one to be kept")
+        if self.wise_ft < 1 and self.method in SAVED_AS_ADAPTER:
+            raise ValueError(f"wise_ft {self.wise_ft} interpolates the encoder's weights, which method={self.method} "
+                             f"leaves as they were (it saves an adapter): set train.wise_ft: 1.0, or use a method "
+                             f"among {', '.join(m for m in METHODS if m not in SAVED_AS_ADAPTER)}")
         if self.distributed.world_size > 1 and self.layers.unfreeze_every and self.method in ("full", "freeze"):
             # DDP (and FSDP) fix the set of trained parameters when they wrap the model
             raise ValueError("layers.unfreeze_every must be 0 when training is distributed (train.distributed): "

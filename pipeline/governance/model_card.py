@@ -99,7 +99,7 @@ def _hyperparameters(config: Config) -> dict[str, Any]:
     return {"method": train.method, "learning rate": train.method_learning_rate, "batch size": train.batch_size,
             "epochs": train.epochs, "weight decay": train.weight_decay, "warm-up ratio": train.warmup_ratio,
             "scheduler": train.lr_scheduler, "max grad norm": train.max_grad_norm, "L2-SP": train.l2sp,
-            "max length": config.model.max_length,
+            "WiSE-FT": train.wise_ft, "max length": config.model.max_length,
             **{f"{name}.{key}": ", ".join(value) if isinstance(value, list) else value
                for key, value in getattr(train, name).model_dump().items()}}
 

@@ -26,7 +26,7 @@ from pipeline.config import Config, TrainConfig
 from pipeline import interruption
 from pipeline.errors import ConfigError
 from pipeline.training.methods import METHOD_BUILDERS, check_supported
-from pipeline.training.models import base_model_dir, load_tokenizer
+from pipeline.training.models import backbone, base_model_dir, load_tokenizer
 from pipeline.tasks import base_model, task_type
 
 CHECKPOINTS = "checkpoints"   # a run folder's Trainer checkpoints
@@ -280,11 +280,29 @@ def train_model(config: Config, train_frame: pd.DataFrame, validation_frame: pd.
     model_dir = output_dir / "model"
     model = full_model(trainer, lambda: METHOD_BUILDERS[train_cfg.method](base_model(config), train_cfg).model)
     if trainer.is_world_process_zero():
+        if train_cfg.wise_ft < 1:
+            model = interpolate_from_start(merged(model), base_model(config).load(None), train_cfg.wise_ft)
         save_for_serving(model, tokenizer, model_dir, merge_adapter=setup.merge_adapter, base_model=config.model.base)
     return TrainResult(model_dir=model_dir, method=train_cfg.method, trainable_params=trainable, total_params=total,
                        train_seconds=seconds, train_cpu_seconds=cpu_seconds, train_samples_per_second=samples / seconds,
                        precision="bf16" if bf16 else "fp32", validation_metrics=best_validation(trainer.state),
                        best_step=trainer.state.best_global_step, resumed_from=checkpoint, world_size=world_size)
+
+
+def merged(model: PreTrainedModel) -> PreTrainedModel:
+    """A mergeable adapter folded into its base's weights: the whole model, as it is saved."""
+    return model.merge_and_unload() if isinstance(model, PeftModel) else model
+
+
+def interpolate_from_start(model: PreTrainedModel, start: PreTrainedModel, share: float) -> PreTrainedModel:
+    """WiSE-FT (Wortsman et al. 2022): the encoder's weights taken back toward where training started (the base, or
+    the champion in a warm start), share x fine-tuned + (1 - share) x start; the head stays as trained. Most of the
+    task's gain stays and much of what the encoder knew comes back (README, "Accuracy and forgetting"). The best
+    checkpoint is chosen on validation before; the test split scores the interpolated model."""
+    tuned, started = backbone(model), backbone(start).state_dict()
+    tuned.load_state_dict({name: torch.lerp(started[name], weight, share) if weight.is_floating_point() else weight
+                           for name, weight in tuned.state_dict().items()})
+    return model
 
 
 def full_model(trainer: Trainer, rebuild) -> PreTrainedModel:
@@ -345,5 +363,5 @@ def save_for_serving(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         # the embeddings are the base model's (no method here trains them): not saved with the adapter
         model.save_pretrained(model_dir, save_embedding_layers=False)
     else:
-        (model.merge_and_unload() if isinstance(model, PeftModel) else model).save_pretrained(model_dir)
+        merged(model).save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
