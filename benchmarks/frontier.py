@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pipeline  # noqa: F401,I001  (offline, quiet, OpenMP threads that sleep: before torch loads)
 from benchmarks.sst2_slice import machine, table
-from pipeline.config import SplitConfig, apply_override, load_config, profile_overrides
+from pipeline.config import Config, SplitConfig, apply_override, load_config, profile_overrides
 from pipeline.data.split import make_splits
 from pipeline.tasks import evaluate_model
 from pipeline.training.loop import train_model
@@ -41,6 +41,7 @@ def full(learning_rate: str, l2sp: str = "0") -> list[str]:
     return ["train.method=full", f"train.learning_rate.full={learning_rate}", f"train.l2sp={l2sp}"]
 
 
+FULL_PROFILE = profile_overrides(Path(__file__).parents[1] / "params-full.yaml")
 # LoRA: r 16 on every linear layer (query, key, value, dense) unless named; one epoch of params.yaml's split.
 SETTINGS: dict[str, list[str]] = {
     "lora lr 1e-3": lora("1e-3"),
@@ -55,8 +56,12 @@ SETTINGS: dict[str, list[str]] = {
     "full lr 5e-5": full("5e-5"),
     "full lr 5e-5 l2sp 0.1": full("5e-5", "0.1"),
     "full lr 2e-5": full("2e-5"),
+    # WiSE-FT: the encoder taken back toward the base after training
+    "full lr 5e-5 wise_ft 0.7": [*full("5e-5"), "train.wise_ft=0.7"],
+    "lora lr 5e-4 wise_ft 0.9": lora("5e-4", "0", "train.wise_ft=0.9"),
     # the full-quality profile, for a team with more time (`tunegate retrain -P params-full.yaml`)
-    "params-full.yaml": profile_overrides(Path(__file__).parents[1] / "params-full.yaml"),
+    "params-full.yaml": FULL_PROFILE,
+    "params-full.yaml wise_ft 0.8": [*FULL_PROFILE, "train.wise_ft=0.8"],
 }
 
 
@@ -64,8 +69,9 @@ def without_split(overrides: list[str]) -> list[str]:
     return [override for override in overrides if not override.startswith("split.")]
 
 
-def measure(name: str, overrides: list[str], rows: int | None, out: Path) -> dict[str, object]:
-    # The benchmark splits the data itself, not through DVC: a setting's split keys apply here, --rows over them.
+def setting_config(overrides: list[str], rows: int | None) -> Config:
+    """params.yaml with a setting's overrides and the frontier's evaluation. The benchmark splits the data itself, not
+    through DVC: a setting's split keys apply here, `rows` over them."""
     config = load_config(Path.cwd(), [*without_split(overrides), *EVALUATION])
     split = config.split.model_dump()
     for override in overrides:
@@ -73,7 +79,11 @@ def measure(name: str, overrides: list[str], rows: int | None, out: Path) -> dic
             apply_override(split, override.removeprefix("split."))
     if rows is not None:
         split["max_train_rows"] = rows
-    config = config.model_copy(update={"split": SplitConfig.model_validate(split)})
+    return config.model_copy(update={"split": SplitConfig.model_validate(split)})
+
+
+def measure(name: str, overrides: list[str], rows: int | None, out: Path) -> dict[str, object]:
+    config = setting_config(overrides, rows)
     splits = make_splits(config)
     started = time.perf_counter()
     trained = train_model(config, splits["train"], splits["validation"], out / name.replace(" ", "_"))
@@ -105,19 +115,24 @@ def plot(points: list[dict[str, object]], default: str, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(8, 5.5))
+    figure, axes = plt.subplots(figsize=(10, 6.5))
     rows = [point["rows"] for point in points]
     common_rows = max(set(rows), key=rows.count)
     front = pareto(points)
     axes.plot([p["stsb_retained"] for p in front], [p["sst2_test_accuracy"] for p in front], "--", color="grey",
               label="frontier")
-    for point in points:
+    labelled: list[tuple[float, float]] = []
+    for point in sorted(points, key=lambda point: point["setting"] == default):   # the default's star on top
         is_default = point["setting"] == default
-        axes.scatter(point["stsb_retained"], point["sst2_test_accuracy"], s=60, marker="*" if is_default else "o",
-                     color="tab:red" if is_default else "tab:blue", zorder=3)
+        x, y = point["stsb_retained"], point["sst2_test_accuracy"]
+        axes.scatter(x, y, s=150 if is_default else 60, marker="*" if is_default else "o",
+                     color="tab:red" if is_default else "tab:blue", zorder=4 if is_default else 3)
         other_rows = f", {point['rows']:,} rows" if point["rows"] != common_rows else ""
-        axes.annotate(f"{point['setting']} ({point['train_s'] / 60:.1f} min{other_rows})", (point["stsb_retained"],
-                      point["sst2_test_accuracy"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        # a label near an earlier one goes a line below it
+        below = sum(abs(x - other_x) < 0.03 and abs(y - other_y) < 0.003 for other_x, other_y in labelled)
+        labelled.append((x, y))
+        axes.annotate(f"{point['setting']} ({point['train_s'] / 60:.1f} min{other_rows})", (x, y),
+                      textcoords="offset points", xytext=(5, 4 - 12 * below), fontsize=8)
     axes.axhline(GOAL_ACCURACY, color="tab:green", linewidth=0.8, linestyle=":")
     axes.axvline(GOAL_RETENTION, color="tab:green", linewidth=0.8, linestyle=":",
                  label=f"goal: accuracy {GOAL_ACCURACY}, retention {GOAL_RETENTION:.0%}")
