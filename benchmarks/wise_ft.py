@@ -19,7 +19,7 @@ from benchmarks.frontier import SETTINGS, setting_config
 from benchmarks.sst2_slice import machine, saved_model_accuracy, table
 from pipeline.data.split import make_splits
 from pipeline.tasks import base_model, evaluate_model
-from pipeline.training.loop import interpolate_from_start, train_model
+from pipeline.training.loop import interpolate_from_start, save_for_serving, train_model
 from pipeline.training.models import load_classifier, load_tokenizer
 
 RESULTS = Path(__file__).parent / "results" / "wise_ft.json"
@@ -37,13 +37,12 @@ def main() -> None:
     config = setting_config(overrides, args.rows)
     splits = make_splits(config)
     trained = train_model(config, splits["train"], splits["validation"], out / "train")
-    start = base_model(config).load(None)
+    start, tokenizer = base_model(config).load(None), load_tokenizer(trained.model_dir)
     points = []
     for share in args.shares:
         model_dir = out / f"wise_ft-{share}"
         model = interpolate_from_start(load_classifier(trained.model_dir), start, share)
-        model.save_pretrained(model_dir)
-        load_tokenizer(trained.model_dir).save_pretrained(model_dir)
+        save_for_serving(model, tokenizer, model_dir, merge_adapter=True, base_model=config.model.base)
         metrics = evaluate_model(config, model_dir, splits["test"], model_dir / "report").metrics
         points.append({"wise_ft": share, "validation_accuracy": saved_model_accuracy(model_dir, config,
                                                                                       splits["validation"]),
